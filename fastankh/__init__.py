@@ -1,0 +1,28 @@
+"""FastANKH: fast, exact ANKH protein language models.
+
+Importing the package registers the config and models with transformers' Auto classes, so
+`AutoModel.from_pretrained(dir)` works on FastANKH checkpoints without `trust_remote_code`.
+"""
+
+from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
+
+from .configuration_fastankh import ATTN_BACKENDS, PRESETS, FastAnkhConfig
+from .modeling_fastankh import FastAnkhForMaskedLM, FastAnkhModel, FastAnkhPreTrainedModel
+
+AutoConfig.register(FastAnkhConfig.model_type, FastAnkhConfig, exist_ok=True)
+AutoModel.register(FastAnkhConfig, FastAnkhModel, exist_ok=True)
+AutoModelForMaskedLM.register(FastAnkhConfig, FastAnkhForMaskedLM, exist_ok=True)
+
+# Saved checkpoints carry auto_map + the modeling files, so a Hub user needs only transformers.
+FastAnkhConfig.register_for_auto_class()
+FastAnkhModel.register_for_auto_class("AutoModel")
+FastAnkhForMaskedLM.register_for_auto_class("AutoModelForMaskedLM")
+
+__all__ = [
+    "ATTN_BACKENDS",
+    "PRESETS",
+    "FastAnkhConfig",
+    "FastAnkhModel",
+    "FastAnkhForMaskedLM",
+    "FastAnkhPreTrainedModel",
+]

@@ -1,0 +1,544 @@
+"""FastANKH: an exact, fast re-implementation of the ANKH (T5 v1.1) protein encoder.
+
+Semantics match `transformers.T5EncoderModel`: pre-RMSNorm blocks, no biases, gated FFN,
+UNSCALED attention with a bucketed relative position bias, final RMSNorm. Differences are in
+how the work is done: the position bias is built once per forward and shared by every layer,
+and attention runs through one of
+
+- "sdpa": `scaled_dot_product_attention(scale=1.0)` with one additive float mask (bias + key padding);
+- "flex": `flex_attention` with a score_mod that reads the bias from a (2L-1, heads) table indexed by
+  the relative distance (no L x L x H tensor) and a block mask that skips padded key blocks;
+- "kernels_flash": flash kernels cannot take an arbitrary bias, so this falls back to flex (GPU) or sdpa.
+
+This file travels to the Hub as remote code: it imports only torch, transformers and the config file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput
+
+from .configuration_fastankh import FastAnkhConfig
+
+FLEX_BLOCK = 128  # flex pads lengths to a multiple of this so few shapes are ever compiled
+
+
+# --------------------------------------------------------------------------------------------
+# Building blocks
+# --------------------------------------------------------------------------------------------
+class FastAnkhRMSNorm(nn.Module):
+    """T5 LayerNorm: x / rms(x) * weight, no mean subtraction, no bias; variance in fp32."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        variance = x.float().pow(2).mean(-1, keepdim=True)
+        x = x * torch.rsqrt(variance + self.eps)
+        if self.weight.dtype in (torch.float16, torch.bfloat16):
+            x = x.to(self.weight.dtype)
+        return self.weight * x
+
+
+def relative_position_bucket(relative_position: torch.Tensor, num_buckets: int, max_distance: int) -> torch.Tensor:
+    """T5 bidirectional bucketing of `key_pos - query_pos` into `num_buckets` buckets."""
+    num_buckets //= 2
+    buckets = (relative_position > 0).long() * num_buckets
+    n = relative_position.abs()
+    max_exact = num_buckets // 2
+    is_small = n < max_exact
+    large = max_exact + (
+        torch.log(n.float() / max_exact) / math.log(max_distance / max_exact) * (num_buckets - max_exact)
+    ).long()
+    large = torch.clamp(large, max=num_buckets - 1)
+    return buckets + torch.where(is_small, n, large)
+
+
+class FastAnkhRelativePositionBias(nn.Module):
+    """The encoder's one relative position bias table, (num_buckets, heads), shared by all layers."""
+
+    def __init__(self, config: FastAnkhConfig):
+        super().__init__()
+        self.num_buckets = config.relative_attention_num_buckets
+        self.max_distance = config.relative_attention_max_distance
+        self.relative_attention_bias = nn.Embedding(self.num_buckets, config.num_heads)
+
+    def by_distance(self, length: int, device: torch.device) -> torch.Tensor:
+        """Bias per relative distance: (2*length-1, heads); row `d + length - 1` is distance d = k - q."""
+        distance = torch.arange(-(length - 1), length, device=device)
+        return self.relative_attention_bias(relative_position_bucket(distance, self.num_buckets, self.max_distance))
+
+    def dense(self, length: int, device: torch.device) -> torch.Tensor:
+        """Full bias (1, heads, length, length), for the sdpa backend."""
+        table = self.by_distance(length, device)  # (2L-1, H)
+        pos = torch.arange(length, device=device)
+        index = pos[None, :] - pos[:, None] + (length - 1)  # (L, L): k - q
+        return table[index].permute(2, 0, 1).unsqueeze(0)
+
+
+class FastAnkhAttention(nn.Module):
+    """Multi-head self-attention, T5 style: no biases, no 1/sqrt(d) scaling, inner_dim = heads * d_kv."""
+
+    def __init__(self, config: FastAnkhConfig):
+        super().__init__()
+        self.num_heads, self.d_kv = config.num_heads, config.d_kv
+        inner = config.num_heads * config.d_kv
+        self.q = nn.Linear(config.d_model, inner, bias=False)
+        self.k = nn.Linear(config.d_model, inner, bias=False)
+        self.v = nn.Linear(config.d_model, inner, bias=False)
+        self.o = nn.Linear(inner, config.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor, attn: "AttentionInputs") -> torch.Tensor:
+        """x: (B, L, d_model) -> (B, L, d_model)."""
+        b, length, _ = x.shape
+        q, k, v = (proj(x).view(b, length, self.num_heads, self.d_kv).transpose(1, 2) for proj in (self.q, self.k, self.v))
+        if attn.backend == "flex":
+            out = _compiled_flex()(q, k, v, score_mod=attn.score_mod, block_mask=attn.block_mask, scale=1.0)
+        else:
+            mask = attn.mask if attn.mask.dtype == q.dtype else attn.mask.to(q.dtype)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
+        return self.o(out.transpose(1, 2).reshape(b, length, -1))
+
+
+class FastAnkhFeedForward(nn.Module):
+    """Gated FFN: wo(act(wi_0 x) * wi_1 x); act is gelu_new (ankh v1) or silu (ankh2/3)."""
+
+    def __init__(self, config: FastAnkhConfig):
+        super().__init__()
+        self.wi_0 = nn.Linear(config.d_model, config.d_ff, bias=False)
+        self.wi_1 = nn.Linear(config.d_model, config.d_ff, bias=False)
+        self.wo = nn.Linear(config.d_ff, config.d_model, bias=False)
+        self.act = ACT2FN[config.dense_act_fn]
+        self.dropout = nn.Dropout(config.dropout_rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.wo(self.dropout(self.act(self.wi_0(x)) * self.wi_1(x)))
+
+
+class FastAnkhBlock(GradientCheckpointingLayer):
+    """Pre-norm residual block: x + Attn(norm(x)), then x + FFN(norm(x))."""
+
+    def __init__(self, config: FastAnkhConfig):
+        super().__init__()
+        self.attn_norm = FastAnkhRMSNorm(config.d_model, config.layer_norm_epsilon)
+        self.attention = FastAnkhAttention(config)
+        self.ffn_norm = FastAnkhRMSNorm(config.d_model, config.layer_norm_epsilon)
+        self.ffn = FastAnkhFeedForward(config)
+        self.dropout = nn.Dropout(config.dropout_rate)
+
+    def forward(self, x: torch.Tensor, attn: "AttentionInputs") -> torch.Tensor:
+        x = x + self.dropout(self.attention(self.attn_norm(x), attn))
+        return x + self.dropout(self.ffn(self.ffn_norm(x)))
+
+
+# --------------------------------------------------------------------------------------------
+# Attention inputs shared by every layer of one forward
+# --------------------------------------------------------------------------------------------
+@dataclass
+class AttentionInputs:
+    """What every layer needs to attend, built once per forward.
+
+    sdpa: `mask` (B or 1, H, L, L) additive float = position bias + key padding.
+    flex: `score_mod` (bias looked up by distance) and `block_mask` (key padding, padded blocks skipped).
+    """
+
+    backend: str
+    mask: torch.Tensor | None = None
+    score_mod: object = None
+    block_mask: object = None
+
+
+_FLEX = None
+
+
+def _compiled_flex():
+    """flex_attention compiled once per process (static shapes; lengths are padded to FLEX_BLOCK)."""
+    global _FLEX
+    if _FLEX is None:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        # Each padded length / batch size is one graph; the default limit (8) is too low for
+        # a dataset with lengths up to a few thousand residues.
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        _FLEX = torch.compile(flex_attention, dynamic=False)
+    return _FLEX
+
+
+def flex_available() -> bool:
+    try:
+        import torch.nn.attention.flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, stacklevel=3)
+
+
+def resolve_backend(requested: str, device: torch.device, training: bool) -> str:
+    """The backend that can actually run: flex has no CPU backward, flash cannot take a bias."""
+    backend = requested
+    if backend == "kernels_flash":
+        _warn_once("attn_backend='kernels_flash' cannot apply ANKH's relative position bias; using flex/sdpa instead.")
+        backend = "flex" if device.type == "cuda" and flex_available() else "sdpa"
+    if backend == "flex" and not flex_available():
+        _warn_once("flex_attention is not available in this torch build; using sdpa.")
+        backend = "sdpa"
+    if backend == "flex" and training and device.type == "cpu":
+        _warn_once("flex_attention has no backward on CPU; training with attn_backend='sdpa' instead.")
+        backend = "sdpa"
+    return backend
+
+
+# --------------------------------------------------------------------------------------------
+# Encoder and models
+# --------------------------------------------------------------------------------------------
+class FastAnkhEncoder(nn.Module):
+    """Stack of blocks sharing one relative position bias, then the final RMSNorm."""
+
+    def __init__(self, config: FastAnkhConfig):
+        super().__init__()
+        self.config = config
+        self.position_bias = FastAnkhRelativePositionBias(config)
+        self.layers = nn.ModuleList(FastAnkhBlock(config) for _ in range(config.num_layers))
+        self.final_norm = FastAnkhRMSNorm(config.d_model, config.layer_norm_epsilon)
+        self.dropout = nn.Dropout(config.dropout_rate)
+
+    def _attention_inputs(self, backend: str, key_mask: torch.Tensor, dtype: torch.dtype) -> AttentionInputs:
+        """key_mask: (B, L) bool, True for real tokens."""
+        b, length = key_mask.shape
+        device = key_mask.device
+        if backend == "sdpa":
+            bias = self.position_bias.dense(length, device)  # (1, H, L, L)
+            if bool(key_mask.all()):
+                return AttentionInputs("sdpa", mask=bias.to(dtype))
+            padding = torch.zeros(b, 1, 1, length, device=device, dtype=bias.dtype)
+            padding.masked_fill_(~key_mask[:, None, None, :], torch.finfo(bias.dtype).min)
+            return AttentionInputs("sdpa", mask=(bias + padding).to(dtype))
+
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        table = self.position_bias.by_distance(length, device).to(dtype)  # (2L-1, H)
+        offset = length - 1
+
+        def score_mod(score, batch, head, q_idx, kv_idx):
+            return score + table[kv_idx - q_idx + offset, head]
+
+        def mask_mod(batch, head, q_idx, kv_idx):
+            return key_mask[batch, kv_idx]
+
+        block_mask = create_block_mask(mask_mod, b, None, length, length, device=device)
+        return AttentionInputs("flex", score_mod=score_mod, block_mask=block_mask)
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+    ) -> BaseModelOutput:
+        """hidden: (B, L, d_model) embeddings; attention_mask: (B, L), 1 for real tokens."""
+        b, length, _ = hidden.shape
+        key_mask = (
+            torch.ones(b, length, dtype=torch.bool, device=hidden.device)
+            if attention_mask is None
+            else attention_mask.to(device=hidden.device, dtype=torch.bool)
+        )
+        training = torch.is_grad_enabled() and (self.training or any(p.requires_grad for p in self.parameters()))
+        backend = resolve_backend(self.config.attn_backend, hidden.device, training)
+        pad = (-length) % FLEX_BLOCK if backend == "flex" else 0
+        if pad:  # extra positions are masked keys; their query rows are dropped below
+            hidden = F.pad(hidden, (0, 0, 0, pad))
+            key_mask = F.pad(key_mask, (0, pad), value=False)
+        if torch.is_autocast_enabled(hidden.device.type):
+            dtype = torch.get_autocast_dtype(hidden.device.type)
+        else:
+            dtype = self.layers[0].attention.q.weight.dtype if len(self.layers) else hidden.dtype
+        attn = self._attention_inputs(backend, key_mask, dtype)
+
+        hidden = self.dropout(hidden)
+        all_hidden = []
+        for layer in self.layers:
+            if output_hidden_states:
+                all_hidden.append(hidden[:, :length])
+            hidden = layer(hidden, attn)
+        hidden = self.dropout(self.final_norm(hidden))[:, :length]
+        if output_hidden_states:
+            all_hidden.append(hidden)
+        return BaseModelOutput(last_hidden_state=hidden, hidden_states=tuple(all_hidden) if output_hidden_states else None)
+
+
+class FastAnkhPreTrainedModel(PreTrainedModel):
+    config_class = FastAnkhConfig
+    base_model_prefix = "fastankh"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["FastAnkhBlock"]
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    # Original ElnaggarLab checkpoints are T5ForConditionalGeneration: decoder and lm_head are dropped.
+    _keys_to_ignore_on_load_unexpected = [r"^decoder\.", r"^lm_head\."]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """T5's initialisation, so a random `ankh_tiny` trains like the real family."""
+        c, f = self.config, self.config.initializer_factor
+        if isinstance(module, FastAnkhRMSNorm):
+            nn.init.constant_(module.weight, f)
+        elif isinstance(module, nn.Embedding):
+            std = f * c.d_model**-0.5 if module.num_embeddings == c.relative_attention_num_buckets else f
+            nn.init.normal_(module.weight, 0.0, std)
+        elif isinstance(module, FastAnkhAttention):
+            nn.init.normal_(module.q.weight, 0.0, f * (c.d_model * c.d_kv) ** -0.5)
+            nn.init.normal_(module.k.weight, 0.0, f * c.d_model**-0.5)
+            nn.init.normal_(module.v.weight, 0.0, f * c.d_model**-0.5)
+            nn.init.normal_(module.o.weight, 0.0, f * c.inner_dim**-0.5)
+        elif isinstance(module, FastAnkhFeedForward):
+            nn.init.normal_(module.wi_0.weight, 0.0, f * c.d_model**-0.5)
+            nn.init.normal_(module.wi_1.weight, 0.0, f * c.d_model**-0.5)
+            nn.init.normal_(module.wo.weight, 0.0, f * c.d_ff**-0.5)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, attn_backend: str | None = None, **kwargs):
+        """Load a FastANKH checkpoint, or convert an original ElnaggarLab T5 checkpoint on the fly.
+
+        `pretrained_model_name_or_path`: local directory or hub id. T5 checkpoints
+        (T5ForConditionalGeneration / T5EncoderModel) keep the encoder and shared embedding only.
+        `attn_backend` overrides the saved backend ("sdpa", "flex", "kernels_flash").
+        """
+        path = os.fspath(pretrained_model_name_or_path)
+        source_type = _checkpoint_model_type(path, kwargs)
+        if source_type == "t5":
+            model = _from_t5_checkpoint(cls, path, **kwargs)
+        else:
+            model = super().from_pretrained(path, *args, **kwargs)
+        if attn_backend is not None:
+            model.config.attn_backend = attn_backend
+        return model
+
+
+class FastAnkhModel(FastAnkhPreTrainedModel):
+    """ANKH encoder: token ids -> per-token hidden states (B, L, d_model)."""
+
+    def __init__(self, config: FastAnkhConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
+        self.encoder = FastAnkhEncoder(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutput:
+        """input_ids: (B, L); attention_mask: (B, L) 1 = token, 0 = padding.
+
+        Returns `last_hidden_state` (B, L, d_model) and, if asked, `hidden_states`: num_layers + 1
+        tensors (embedding output, the input of each later block, the final normed output).
+        """
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        out = self.encoder(inputs_embeds, attention_mask, output_hidden_states=bool(output_hidden_states))
+        return out if return_dict is not False else out.to_tuple()
+
+    # embed_dataset is attached by `fastankh.embedding` when the package is imported.
+
+
+class FastAnkhForMaskedLM(FastAnkhPreTrainedModel):
+    """Encoder + a per-token vocabulary head, for continued masked-LM fine-tuning.
+
+    ANKH was pretrained as a T5 denoiser, NOT for masked-LM on the encoder: this head is not a
+    pretrained component. It starts as a copy of the shared input embedding and must be trained.
+    """
+
+    def __init__(self, config: FastAnkhConfig):
+        super().__init__(config)
+        self.model = FastAnkhModel(config)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.post_init()
+        self.lm_head.weight.data.copy_(self.model.embed_tokens.weight.data)
+
+    base_model_prefix = "model"
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MaskedLMOutput:
+        """labels: (B, L) token ids, -100 where no loss is taken."""
+        out = self.model(input_ids, attention_mask, output_hidden_states=output_hidden_states)
+        logits = self.lm_head(out.last_hidden_state)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), labels.view(-1), ignore_index=-100)
+        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
+
+
+# --------------------------------------------------------------------------------------------
+# Original ElnaggarLab (T5) checkpoints
+# --------------------------------------------------------------------------------------------
+T5_CONFIG_FIELDS = (
+    "vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads", "relative_attention_num_buckets",
+    "relative_attention_max_distance", "feed_forward_proj", "dense_act_fn", "layer_norm_epsilon",
+    "pad_token_id", "eos_token_id", "initializer_factor",
+)
+
+
+def t5_key_to_fastankh(key: str) -> str | None:
+    """Map one T5 state-dict key to its FastANKH name; None for keys FastANKH does not use."""
+    if key in ("shared.weight", "encoder.embed_tokens.weight"):
+        return "embed_tokens.weight"
+    if not key.startswith("encoder."):
+        return None  # decoder.*, lm_head.*
+    parts = key.split(".")
+    if parts[1] == "final_layer_norm":
+        return "encoder.final_norm.weight"
+    if parts[1] != "block":
+        return None
+    i, sub, name = parts[2], parts[4], parts[5]
+    if sub == "0":
+        if name == "layer_norm":
+            return f"encoder.layers.{i}.attn_norm.weight"
+        if parts[6] == "relative_attention_bias":
+            return "encoder.position_bias.relative_attention_bias.weight"
+        return f"encoder.layers.{i}.attention.{parts[6]}.weight"
+    if name == "layer_norm":
+        return f"encoder.layers.{i}.ffn_norm.weight"
+    return f"encoder.layers.{i}.ffn.{parts[6]}.weight"
+
+
+def convert_t5_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """T5 (encoder-decoder or encoder-only) state dict -> FastAnkhModel state dict."""
+    out = {}
+    for key, value in state.items():
+        new = t5_key_to_fastankh(key)
+        if new is not None and new not in out:
+            out[new] = value
+    return out
+
+
+def config_from_t5(t5_config: dict, **overrides) -> FastAnkhConfig:
+    """FastAnkhConfig from an original T5 config.json dict."""
+    fields = {k: t5_config[k] for k in T5_CONFIG_FIELDS if t5_config.get(k) is not None}
+    fields.update({k: v for k, v in overrides.items() if k in FastAnkhConfig.__dataclass_fields__})
+    fields.setdefault("num_layers", t5_config.get("num_layers", 48))
+    return FastAnkhConfig(**fields)
+
+
+_HUB_KWARGS = ("revision", "token", "cache_dir", "force_download", "local_files_only")
+
+
+def _resolve_file(path: str, filename: str, kwargs: dict) -> str | None:
+    """Local path of `filename` inside a directory or hub repo, None if it is not there."""
+    if os.path.isdir(path):
+        full = os.path.join(path, filename)
+        return full if os.path.isfile(full) else None
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        return hf_hub_download(path, filename, **{k: kwargs[k] for k in _HUB_KWARGS if k in kwargs})
+    except EntryNotFoundError:
+        return None
+
+
+def _checkpoint_model_type(path: str, kwargs: dict) -> str | None:
+    config_file = _resolve_file(path, "config.json", kwargs)
+    if config_file is None:
+        return None
+    with open(config_file) as f:
+        return json.load(f).get("model_type")
+
+
+def _load_t5_state(path: str, kwargs: dict) -> dict[str, torch.Tensor]:
+    """Read the weights of a T5 checkpoint (safetensors or .bin, single or sharded)."""
+    from safetensors.torch import load_file
+
+    for index_name, single, loader in (
+        ("model.safetensors.index.json", "model.safetensors", load_file),
+        ("pytorch_model.bin.index.json", "pytorch_model.bin", lambda f: torch.load(f, map_location="cpu", weights_only=True)),
+    ):
+        index = _resolve_file(path, index_name, kwargs)
+        if index is not None:
+            with open(index) as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+            state = {}
+            for shard in shards:
+                state.update(convert_t5_state_dict(loader(_resolve_file(path, shard, kwargs))))
+            return state
+        file = _resolve_file(path, single, kwargs)
+        if file is not None:
+            return convert_t5_state_dict(loader(file))
+    raise FileNotFoundError(f"{path}: no model.safetensors or pytorch_model.bin (sharded or not) found")
+
+
+def _from_t5_checkpoint(cls, path: str, **kwargs) -> FastAnkhPreTrainedModel:
+    config = kwargs.pop("config", None)
+    dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
+    device = kwargs.pop("device", None) or kwargs.pop("device_map", None)
+    if config is None:
+        with open(_resolve_file(path, "config.json", kwargs)) as f:
+            config = config_from_t5(json.load(f), **kwargs)
+    state = _load_t5_state(path, kwargs)
+    with torch.device("meta"):
+        model = cls(config)
+    prefix = "" if isinstance(model, FastAnkhModel) else f"{model.base_model_prefix}."
+    own = model.state_dict()
+    missing = [k for k in own if k.removeprefix(prefix) not in state and not k.startswith("lm_head")]
+    if missing:
+        raise ValueError(f"{path}: T5 checkpoint lacks {len(missing)} encoder weights, e.g. {missing[:3]}")
+    full = {k: state[k.removeprefix(prefix)] for k in own if k.removeprefix(prefix) in state}
+    if "lm_head.weight" in own:  # the MaskedLM head is not in ANKH checkpoints: start from the embedding
+        full["lm_head.weight"] = state["embed_tokens.weight"].clone()
+    if dtype is not None and dtype != "auto":
+        full = {k: v.to(dtype) for k, v in full.items()}
+    else:
+        full = {k: v.float() for k, v in full.items()}
+    model.load_state_dict(full, strict=True, assign=True)
+    model.config.name_or_path = path
+    if device is not None:
+        model.to(device)
+    return model.eval()
+
+
+__all__ = [
+    "FastAnkhPreTrainedModel",
+    "FastAnkhModel",
+    "FastAnkhForMaskedLM",
+    "convert_t5_state_dict",
+    "config_from_t5",
+    "relative_position_bucket",
+]

@@ -1,0 +1,1 @@
+"""Fine-tuning framework for FastANKH."""
