@@ -1,0 +1,98 @@
+"""What a task is: its kind, data source, columns, labels, metrics and selection metric.
+
+A `TaskSpec` is built from the Hydra `task` config group (conf/task/*.yaml), one-to-one.
+
+Batch contract between the data module (tasks/data.py) and the model (tasks/module.py):
+  input_ids      (B, T) long    token ids, right padded with 0; T = prefix + residues + </s>
+  attention_mask (B, T) long    1 for real tokens
+  residue_mask   (B, T) bool    True at residue tokens (not [NLU], </s> or padding)
+  labels         residue kinds: (B, T) long class ids (-100 = ignore) or float values (0 where ignored)
+                 sequence_classification: (B,) long; sequence_regression: (B,) float;
+                 sequence_multilabel: (B, C) float 0/1
+  label_mask     residue kinds only: (B, T) bool, True where a label counts (residue, unmasked, finite)
+  ids            list[str] record ids, for predictions
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+KINDS = (
+    "residue_classification",
+    "residue_regression",
+    "sequence_classification",
+    "sequence_multilabel",
+    "sequence_regression",
+)
+IGNORE_INDEX = -100
+
+
+@dataclass
+class DataSpec:
+    """Where a task's data comes from and which columns hold what."""
+
+    hub_id: str | None = None  # e.g. proteinea/secondary_structure_prediction; None for local files
+    train: str | None = None  # file path, or file/split name inside hub_id
+    val: str | None = None  # None: carve val_fraction out of train, by split_column groups
+    test: list[str] = field(default_factory=list)  # each split is named after its file stem
+    sequence_column: str = "sequence"
+    label_column: str = "label"
+    id_column: str | None = "id"
+    mask_column: str | None = None  # residue tasks: per-residue mask string, see mask_value
+    mask_value: str | None = None  # residues whose mask character equals this are ignored
+    split_column: str | None = None  # e.g. cluster40: whole groups go to one split
+    split_filter_column: str | None = None  # e.g. "split" with values train/valid in one file
+    val_fraction: float = 0.1
+    test_fraction: float = 0.0  # > 0: also carve a test split "test" out of train groups
+    label_separator: str | None = None  # residue regression: values separated by this (e.g. " ")
+    max_length: int = 1024  # residues; longer sequences are an error (or truncated, see truncate)
+    truncate: bool = False
+
+
+@dataclass
+class TaskSpec:
+    name: str
+    kind: str
+    data: DataSpec
+    labels: list[str] | None = None  # class alphabet (classification kinds); None for regression
+    metrics: list[str] = field(default_factory=list)
+    monitor: str = "val/loss"  # metric that selects the best checkpoint
+    monitor_mode: str = "min"
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"task {self.name}: kind must be one of {KINDS}, got {self.kind!r}")
+        if isinstance(self.data, dict):
+            self.data = DataSpec(**self.data)
+        if self.kind.endswith(("classification", "multilabel")) and not self.labels:
+            raise ValueError(f"task {self.name}: kind {self.kind} needs a `labels` list")
+
+    @property
+    def residue_level(self) -> bool:
+        return self.kind.startswith("residue")
+
+    @property
+    def regression(self) -> bool:
+        return self.kind.endswith("regression")
+
+    @property
+    def num_outputs(self) -> int:
+        return 1 if self.regression else len(self.labels)
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "TaskSpec":
+        """From the Hydra `task` node (DictConfig or dict); unknown keys are an error."""
+        from omegaconf import OmegaConf
+
+        raw = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else dict(cfg)
+        raw = {k: v for k, v in raw.items() if k not in ("masked_lm",)}
+        data = raw.pop("data", {}) or {}
+        known = set(DataSpec.__dataclass_fields__)
+        bad = sorted(set(data) - known)
+        if bad:
+            raise ValueError(f"task.data: unknown key(s) {bad}; known: {sorted(known)}")
+        bad = sorted(set(raw) - set(cls.__dataclass_fields__))
+        if bad:
+            raise ValueError(f"task: unknown key(s) {bad}; known: {sorted(cls.__dataclass_fields__)}")
+        return cls(data=DataSpec(**data), **raw)
