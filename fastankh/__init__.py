@@ -8,6 +8,8 @@ from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
 
 from .configuration_fastankh import ATTN_BACKENDS, PRESETS, FastAnkhConfig
 from .modeling_fastankh import FastAnkhForMaskedLM, FastAnkhModel, FastAnkhPreTrainedModel
+from .embedding import embed_dataset, read_fasta
+from .tokenization import load_tokenizer, prefix_length
 
 AutoConfig.register(FastAnkhConfig.model_type, FastAnkhConfig, exist_ok=True)
 AutoModel.register(FastAnkhConfig, FastAnkhModel, exist_ok=True)
@@ -18,6 +20,9 @@ FastAnkhConfig.register_for_auto_class()
 FastAnkhModel.register_for_auto_class("AutoModel")
 FastAnkhForMaskedLM.register_for_auto_class("AutoModelForMaskedLM")
 
+# Attached here, not in the modeling file: that file travels to the Hub as self-contained remote code.
+FastAnkhModel.embed_dataset = embed_dataset
+
 __all__ = [
     "ATTN_BACKENDS",
     "PRESETS",
@@ -25,4 +30,8 @@ __all__ = [
     "FastAnkhModel",
     "FastAnkhForMaskedLM",
     "FastAnkhPreTrainedModel",
+    "embed_dataset",
+    "read_fasta",
+    "load_tokenizer",
+    "prefix_length",
 ]
