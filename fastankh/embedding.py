@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from safetensors import safe_open
@@ -116,7 +115,9 @@ def _load_store(path: str, metadata: dict[str, str]) -> dict[str, torch.Tensor]:
     with safe_open(path, framework="pt") as f:
         saved = f.metadata() or {}
         if saved.get("format") != STORE_FORMAT:
-            raise ValueError(f"{path}: not a FastANKH embeddings file (no {STORE_FORMAT!r} metadata); refusing to overwrite it")
+            raise ValueError(
+                f"{path}: not a FastANKH embeddings file (no {STORE_FORMAT!r} metadata); refusing to overwrite it"
+            )
         for field in ("output", "dtype"):
             if saved.get(field) != metadata[field]:
                 raise ValueError(
@@ -171,7 +172,8 @@ def embed_dataset(
     truncate: bool = False,
     save_every: int = 100,
 ) -> dict[str, torch.Tensor]:
-    """Embed protein sequences with an ANKH encoder.
+    """Embed protein sequences with an ANKH encoder (FastAnkhModel, or any encoder whose forward
+    takes input_ids/attention_mask and returns `last_hidden_state`, e.g. transformers' T5EncoderModel).
 
     sequences: list of sequences (result keyed by the sequence), dict id -> sequence, or a FASTA
     file path (keyed by record id). Whitespace inside sequences is ignored; a repeated key or a
@@ -232,7 +234,8 @@ def embed_dataset(
                 input_ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
                 attention_mask[row, : len(encoded[i])] = 1
             with torch.inference_mode():
-                hidden = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).last_hidden_state
+                output = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device))
+            hidden = output.last_hidden_state  # (B, width, d_model)
             # Outside inference mode, so the results are ordinary tensors a user can train on.
             for row, i in enumerate(batch):
                 seq = todo[i]

@@ -28,13 +28,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import string
+import warnings
 from typing import Any
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-from transformers import PreTrainedTokenizerFast
+from transformers import PreTrainedConfig, PreTrainedTokenizerFast
 
-from .configuration_fastankh import PRESETS, FastAnkhConfig
+from .configuration_fastankh import PRESETS
 
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
 NLU, S2S = "[NLU]", "[S2S]"
@@ -94,7 +96,9 @@ def build_tokenizer(vocab: dict[str, int], nlu_prefix: bool | None = None) -> Pr
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
     template = f"{NLU} $A {EOS}" if nlu_prefix else f"$A {EOS}"
     special_ids = [(t, vocab[t]) for t in ((NLU, EOS) if nlu_prefix else (EOS,))]
-    tok.post_processor = processors.TemplateProcessing(single=template, pair=f"{template} $B {EOS}", special_tokens=special_ids)
+    tok.post_processor = processors.TemplateProcessing(
+        single=template, pair=f"{template} $B {EOS}", special_tokens=special_ids
+    )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         pad_token=PAD,
@@ -136,11 +140,27 @@ def _local_tokenizer_json(path: str | None) -> str | None:
     return None
 
 
-def _from_config(config: FastAnkhConfig, nlu_prefix: bool | None) -> PreTrainedTokenizerFast:
-    file = _local_tokenizer_json(getattr(config, "name_or_path", None))
-    vocab = vocab_from_tokenizer_json(file) if file else _table_for(getattr(config, "preset", None), config.vocab_size)
+def _is_hub_id(name: str) -> bool:
+    return not os.path.exists(name) and re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None
+
+
+def _from_config(config: PreTrainedConfig, nlu_prefix: bool | None) -> PreTrainedTokenizerFast:
+    source = getattr(config, "name_or_path", "") or ""
+    file = _local_tokenizer_json(source)
+    vocab = vocab_from_tokenizer_json(file) if file else None
+    if vocab is None and _is_hub_id(source):
+        try:
+            vocab = _hub_vocab(source)
+        except Exception as err:  # offline, no access, ...: the built-in table still has the verified ids
+            warnings.warn(
+                f"could not read {source}'s {TOKENIZER_FILE} ({type(err).__name__}); using the built-in ANKH table"
+            )
+    if vocab is None:
+        vocab = _table_for(getattr(config, "preset", None), config.vocab_size)
     if max(vocab.values()) >= config.vocab_size:
-        raise ValueError(f"tokenizer has ids up to {max(vocab.values())} but the model's vocab_size is {config.vocab_size}")
+        raise ValueError(
+            f"tokenizer has ids up to {max(vocab.values())} but the model's vocab_size is {config.vocab_size}"
+        )
     return build_tokenizer(vocab, nlu_prefix)
 
 
@@ -150,47 +170,50 @@ def _from_dir(path: str, nlu_prefix: bool | None) -> PreTrainedTokenizerFast:
         return build_tokenizer(vocab_from_tokenizer_json(file), nlu_prefix)
     config_file = os.path.join(path, "config.json")
     if not os.path.isfile(config_file):
-        raise FileNotFoundError(f"{path}: no {TOKENIZER_FILE} and no config.json to pick a built-in ANKH vocabulary")
+        raise FileNotFoundError(
+            f"{path}: no {TOKENIZER_FILE} and no config.json to pick a built-in ANKH vocabulary"
+        )
     with open(config_file) as f:
         config = json.load(f)
     return build_tokenizer(_table_for(config.get("preset"), config.get("vocab_size")), nlu_prefix)
 
 
-def _from_hub(repo_id: str, nlu_prefix: bool | None, **hub_kwargs: Any) -> PreTrainedTokenizerFast:
+def _hub_vocab(repo_id: str, **hub_kwargs: Any) -> dict[str, int]:
+    """A hub repo's tokenizer.json vocabulary, or the table its config.json implies when it has none."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
 
     try:
-        return build_tokenizer(vocab_from_tokenizer_json(hf_hub_download(repo_id, TOKENIZER_FILE, **hub_kwargs)), nlu_prefix)
+        return vocab_from_tokenizer_json(hf_hub_download(repo_id, TOKENIZER_FILE, **hub_kwargs))
     except EntryNotFoundError:
         preset = next((name for name, p in PRESETS.items() if p["hub_id"] == repo_id), None)
         with open(hf_hub_download(repo_id, "config.json", **hub_kwargs)) as f:
-            vocab_size = json.load(f).get("vocab_size")
-        return build_tokenizer(_table_for(preset, vocab_size), nlu_prefix)
+            return _table_for(preset, json.load(f).get("vocab_size"))
 
 
 def load_tokenizer(
-    name_or_path: str | os.PathLike | FastAnkhConfig, nlu_prefix: bool | None = None, **hub_kwargs: Any
+    name_or_path: str | os.PathLike | PreTrainedConfig, nlu_prefix: bool | None = None, **hub_kwargs: Any
 ) -> PreTrainedTokenizerFast:
-    """The ANKH tokenizer for a preset name, a checkpoint directory, a hub id or a FastAnkhConfig.
+    """The ANKH tokenizer for a preset name, a checkpoint directory, a hub id or a model config.
 
     - preset (`ankh_base`, ..., `ankh3_xl`, `ankh_tiny`): the built-in table, no network;
     - directory: its tokenizer.json's vocabulary if present, else the table its config.json implies;
     - hub id: the repo's tokenizer.json (needs internet; `hub_kwargs` go to `hf_hub_download`);
-    - FastAnkhConfig: tokenizer.json of `config.name_or_path` if that is a directory holding one,
-      else the table of `config.preset` / `config.vocab_size` (256 -> ANKH3).
+    - config (FastAnkhConfig, or the T5Config of an original checkpoint): the tokenizer.json of
+      `config.name_or_path` (directory or hub id; a hub failure warns and falls back), else the
+      table of `config.preset` / `config.vocab_size` (256 -> ANKH3).
     `nlu_prefix`: prepend [NLU] (default: whenever the vocabulary has it, i.e. ANKH3).
     """
-    if isinstance(name_or_path, FastAnkhConfig):
+    if isinstance(name_or_path, PreTrainedConfig):
         return _from_config(name_or_path, nlu_prefix)
     name = os.fspath(name_or_path)
     if name in PRESETS:
         return build_tokenizer(_table_for(name, PRESETS[name]["vocab_size"]), nlu_prefix)
     if os.path.isdir(name):
         return _from_dir(name, nlu_prefix)
-    if os.path.exists(name) or name.count("/") != 1:
+    if not _is_hub_id(name):
         raise ValueError(f"{name!r} is not a preset ({sorted(PRESETS)}), a checkpoint directory or a hub id")
-    return _from_hub(name, nlu_prefix, **hub_kwargs)
+    return build_tokenizer(_hub_vocab(name, **hub_kwargs), nlu_prefix)
 
 
 def prefix_length(tokenizer: PreTrainedTokenizerFast) -> int:

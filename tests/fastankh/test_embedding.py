@@ -229,3 +229,22 @@ def test_bad_fasta_names_file_and_line(model, tmp_path, text, match):
     with pytest.raises(ValueError, match=match) as err:
         embed_dataset(model, fasta, progress=False)
     assert str(fasta) in str(err.value)
+
+
+def test_matches_transformers_t5_encoder_on_the_same_weights(tmp_path):
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(2)
+    t5_config = T5Config(
+        vocab_size=256, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
+        feed_forward_proj="gated-silu", dropout_rate=0.0,
+    )
+    reference = T5EncoderModel(t5_config).eval()
+    reference.save_pretrained(tmp_path)
+    ours = FastAnkhModel.from_pretrained(str(tmp_path))
+    tokenizer = load_tokenizer("ankh3_large")  # [NLU] prefix: exercises the residue offset
+    expected = embed_dataset(reference, SEQS, tokenizer=tokenizer, full_embeddings=True, batch_size=1, progress=False)
+    got = embed_dataset(ours, SEQS, tokenizer=tokenizer, full_embeddings=True, batch_size=4, progress=False)
+    for seq in SEQS:
+        assert got[seq].shape == (len(seq), 64)
+        torch.testing.assert_close(got[seq], expected[seq], atol=1e-5, rtol=1e-5)

@@ -170,4 +170,47 @@ def test_save_and_autotokenizer_round_trip(tmp_path, preset):
     assert torch.equal(a["attention_mask"], b["attention_mask"])
     assert prefix_length(loaded) == prefix_length(tok)
     # load_tokenizer on the saved directory reads the same vocabulary back.
-    assert torch.equal(load_tokenizer(str(tmp_path))(batch, padding=True, return_tensors="pt")["input_ids"], a["input_ids"])
+    reloaded = load_tokenizer(str(tmp_path))(batch, padding=True, return_tensors="pt")
+    assert torch.equal(reloaded["input_ids"], a["input_ids"])
+
+
+def test_hub_id_reads_the_repo_tokenizer_json(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    ckpt = _write_checkpoint_tokenizer(tmp_path / "ckpt")
+    asked = []
+
+    def fake_download(repo_id, filename, **kwargs):
+        asked.append((repo_id, filename))
+        return str(ckpt / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    assert load_tokenizer("SomeLab/some-ankh")("MA")["input_ids"] == [6, 3, 5, 1]
+    config = FastAnkhConfig.from_preset("ankh_tiny")
+    config.name_or_path = "SomeLab/some-ankh"
+    assert load_tokenizer(config)("MA")["input_ids"] == [6, 3, 5, 1]
+    assert asked == [("SomeLab/some-ankh", "tokenizer.json")] * 2
+
+
+def test_unreachable_hub_falls_back_to_table_for_a_config(monkeypatch):
+    import huggingface_hub
+
+    def offline(repo_id, filename, **kwargs):
+        raise OSError("offline")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    config = FastAnkhConfig(vocab_size=256)
+    config.name_or_path = "ElnaggarLab/ankh3-large"
+    with pytest.warns(UserWarning, match="built-in ANKH table"):
+        tok = load_tokenizer(config)
+    assert tok("MA")["input_ids"] == [3, 24, 8, 1]
+    with pytest.raises(OSError):  # an explicit hub id does not fall back silently
+        load_tokenizer("ElnaggarLab/ankh3-large")
+
+
+def test_original_t5_config_is_accepted():
+    from transformers import T5Config
+
+    assert load_tokenizer(T5Config(vocab_size=144))("MA")["input_ids"] == [19, 3, 1]
+    with pytest.raises(ValueError, match="not a preset"):
+        load_tokenizer("no_such_preset")
