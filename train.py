@@ -1,0 +1,59 @@
+"""Fine-tune an ANKH model on a task and test it on every test split.
+
+    python train.py experiment=quickstart
+    python train.py task=secondary_structure model=ankh3_large finetune=lora trainer=gpu logger=wandb
+    python train.py -m finetune=frozen,lora          # a sweep; hparams_search=optuna for Optuna
+
+Writes into the Hydra run directory: config.yaml (resolved), checkpoints/, test_metrics.json
+(split -> metric -> value), logger files, and for task=masked_lm the adapted backbone in backbone/
+(use it with model.path=...).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from fastankh import load_tokenizer
+from tasks.backbone import load_backbone, tokenizer_source
+from tasks.data import TaskDataModule
+from tasks.module import FineTuneModule
+from tasks.outputs import print_metrics, save_backbone, write_config, write_metrics
+from tasks.spec import TaskSpec
+from tasks.trainer import best_checkpoint, build_trainer, sweep_score
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    """Returns cfg.optimized_metric (the best validation value) for hyperparameter sweeps."""
+    L.seed_everything(cfg.seed, workers=True)
+    out = Path(cfg.paths.output_dir)
+    write_config(cfg, out / "config.yaml")
+    task = TaskSpec.from_config(cfg.task)
+    tokenizer = load_tokenizer(tokenizer_source(cfg.model))
+    data = TaskDataModule(task, tokenizer, seed=cfg.seed, **cfg.data)
+    data.prepare_data()
+    data.setup("fit")  # reads and validates every split: bad data stops the run before a model exists
+    groups = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("task", "head", "finetune", "optim")}
+    module = FineTuneModule(
+        **groups,
+        backbone=load_backbone(cfg.model, masked_lm=task.kind == "masked_lm"),
+        label_mean=data.train_label_mean,
+        gradient_checkpointing=cfg.model.gradient_checkpointing,
+    )
+    trainer = build_trainer(cfg)
+    trainer.fit(module, datamodule=data, ckpt_path=cfg.ckpt_path)
+    score = sweep_score(trainer, cfg.optimized_metric)
+    trainer.test(module, datamodule=data, ckpt_path=best_checkpoint(trainer), verbose=False)
+    print_metrics(module.test_results)
+    write_metrics(module.test_results, out / "test_metrics.json")
+    if task.kind == "masked_lm":
+        save_backbone(module.backbone, tokenizer, out / "backbone")
+    return score
+
+
+if __name__ == "__main__":
+    main()
