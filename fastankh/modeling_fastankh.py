@@ -46,6 +46,8 @@ class FastAnkhRMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)  # fused, same math
         variance = x.float().pow(2).mean(-1, keepdim=True)
         x = x * torch.rsqrt(variance + self.eps)
         if self.weight.dtype in (torch.float16, torch.bfloat16):
@@ -83,10 +85,10 @@ class FastAnkhRelativePositionBias(nn.Module):
 
     def dense(self, length: int, device: torch.device) -> torch.Tensor:
         """Full bias (1, heads, length, length), for the sdpa backend."""
-        table = self.by_distance(length, device)  # (2L-1, H)
+        table = self.by_distance(length, device).t()  # (H, 2L-1)
         pos = torch.arange(length, device=device)
         index = pos[None, :] - pos[:, None] + (length - 1)  # (L, L): k - q
-        return table[index].permute(2, 0, 1).unsqueeze(0)
+        return table[:, index].unsqueeze(0)  # gathered straight into a contiguous (1, H, L, L)
 
 
 class FastAnkhAttention(nn.Module):
@@ -121,7 +123,10 @@ class FastAnkhFeedForward(nn.Module):
         self.wi_0 = nn.Linear(config.d_model, config.d_ff, bias=False)
         self.wi_1 = nn.Linear(config.d_model, config.d_ff, bias=False)
         self.wo = nn.Linear(config.d_ff, config.d_model, bias=False)
-        self.act = ACT2FN[config.dense_act_fn]
+        # gelu_new is the tanh GELU; PyTorch's fused kernel computes it without the five
+        # intermediate tensors (and their saved activations) of the Python formula.
+        act = {"gelu_new": "gelu_pytorch_tanh"}.get(config.dense_act_fn, config.dense_act_fn)
+        self.act = ACT2FN[act]
         self.dropout = nn.Dropout(config.dropout_rate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
