@@ -9,7 +9,9 @@ Batch contract between the data module (tasks/data.py) and the model (tasks/modu
   labels         residue kinds: (B, T) long class ids (-100 = ignore) or float values (0 where ignored)
                  sequence_classification: (B,) long; sequence_regression: (B,) float;
                  sequence_multilabel: (B, C) float 0/1
-  label_mask     residue kinds only: (B, T) bool, True where a label counts (residue, unmasked, finite)
+                 masked_lm: (B, T) long original ids at the chosen tokens, -100 elsewhere
+                 (input_ids then hold the corrupted sequence)
+  label_mask     residue kinds and masked_lm: (B, T) bool, True where a label counts (residue, unmasked)
   ids            list[str] record ids, for predictions
 """
 
@@ -24,6 +26,7 @@ KINDS = (
     "sequence_classification",
     "sequence_multilabel",
     "sequence_regression",
+    "masked_lm",  # BERT-style masking of the user's sequences; labels = original ids at masked tokens
 )
 IGNORE_INDEX = -100
 
@@ -33,21 +36,26 @@ class DataSpec:
     """Where a task's data comes from and which columns hold what."""
 
     hub_id: str | None = None  # e.g. proteinea/secondary_structure_prediction; None for local files
-    train: str | None = None  # file path, or file/split name inside hub_id
+    train: str | None = None  # local file path (wins over hub_id when it exists), or file/split name in hub_id
     val: str | None = None  # None: carve val_fraction out of train, by split_column groups
     test: list[str] = field(default_factory=list)  # each split is named after its file stem
     sequence_column: str = "sequence"
     label_column: str = "label"
-    id_column: str | None = "id"
+    id_column: str | None = "id"  # a file without this column gets ids "<file>:<row>"
     mask_column: str | None = None  # residue tasks: per-residue mask string, see mask_value
     mask_value: str | None = None  # residues whose mask character equals this are ignored
     split_column: str | None = None  # e.g. cluster40: whole groups go to one split
-    split_filter_column: str | None = None  # e.g. "split" with values train/valid in one file
+    # e.g. "split": one train file holding its own partition; rows valued train / valid|val|validation|dev /
+    # test go to train / val (unless `val` is given) / an extra test split named "test"
+    split_filter_column: str | None = None
     val_fraction: float = 0.1
     test_fraction: float = 0.0  # > 0: also carve a test split "test" out of train groups
-    label_separator: str | None = None  # residue regression: values separated by this (e.g. " ")
+    # residue kinds: per-residue values separated by this (None: whitespace if the cell has any, else one
+    # character per residue; the mask column follows the same rule); sequence_multilabel: default ","
+    label_separator: str | None = None
     max_length: int = 1024  # residues; longer sequences are an error (or truncated, see truncate)
     truncate: bool = False
+    mlm_probability: float = 0.15  # masked_lm: share of residue tokens chosen for prediction
 
 
 @dataclass

@@ -1,0 +1,220 @@
+"""Batching: length-bucketed batch sampler (fixed size or token budget), padding collate, MLM corruption.
+
+Order is a pure function of (seed, epoch): Lightning calls `set_epoch` on `batch_sampler.sampler` before
+every epoch, so a resumed run sees the same batches as an uninterrupted one. Under DDP Lightning swaps that
+sampler for a `DistributedSampler` (it passes it through our `sampler` argument and keeps the others);
+batches are then formed over the whole dataset exactly as on one process and dealt out round-robin, so
+every rank gets the same number of batches even with a token budget.
+The batch sampler tells `on_epoch` (the collator's `set_epoch`) which epoch it is planning, so masked-LM
+masks follow the epoch too; DataLoader workers are started after that, so they see it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import BatchSampler, DistributedSampler, Sampler
+
+from .spec import IGNORE_INDEX, TaskSpec
+
+
+def permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+class SeededSampler(Sampler[int]):
+    """Indices 0..n-1, shuffled per (seed, epoch) when `shuffle`; `set_epoch` like DistributedSampler."""
+
+    def __init__(self, n: int, shuffle: bool, seed: int = 0):
+        self.n, self.shuffle, self.seed, self.epoch = n, shuffle, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        return iter((permutation(self.n, self.seed, self.epoch) if self.shuffle else np.arange(self.n)).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class BucketBatchSampler(BatchSampler):
+    """Batches of similar length: sort by length within windows of `window` batches, then shuffle batches.
+
+    With `max_tokens`, a batch holds as many sequences as fit B * T <= max_tokens (T = its longest
+    token length, which collate pads to); otherwise `batch_size` sequences. Unshuffled samplers
+    (evaluation) sort the whole set. `lengths[i]` = token count of sample i.
+    """
+
+    def __init__(
+        self,
+        sampler: Sampler[int],
+        lengths: Sequence[int],
+        batch_size: int = 8,
+        drop_last: bool = False,
+        max_tokens: int | None = None,
+        window: int = 50,
+        on_epoch: Callable[[int], None] | None = None,
+    ):
+        super().__init__(sampler, batch_size, drop_last)
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.max_tokens, self.window, self.on_epoch = max_tokens, window, on_epoch
+        if max_tokens is not None and len(self.lengths) and self.lengths.max() > max_tokens:
+            raise ValueError(
+                f"data.max_tokens={max_tokens} is below the longest sequence ({self.lengths.max()} tokens): "
+                "raise data.max_tokens or lower task.data.max_length"
+            )
+        self._cache: tuple[tuple, list[list[int]]] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def _plan(self) -> tuple[np.ndarray, bool, int, int, int, int]:
+        """(global order, shuffle, seed, epoch, rank, world size) for the current epoch."""
+        s = self.sampler
+        if isinstance(s, DistributedSampler):
+            n = len(self.lengths)
+            order = permutation(n, s.seed, s.epoch) if s.shuffle else np.arange(n)
+            return order, s.shuffle, s.seed, s.epoch, s.rank, s.num_replicas
+        shuffle, seed, epoch = getattr(s, "shuffle", False), getattr(s, "seed", 0), getattr(s, "epoch", 0)
+        return np.fromiter(iter(s), dtype=np.int64), shuffle, seed, epoch, 0, 1
+
+    def _cut(self, indices: np.ndarray) -> list[list[int]]:
+        """Batches of consecutive `indices` (sorted longest first) under the size or token limit."""
+        batches, current, longest = [], [], 0
+        for i in indices.tolist():
+            length = int(self.lengths[i])
+            full = (
+                (len(current) + 1) * max(longest, length) > self.max_tokens
+                if self.max_tokens is not None
+                else len(current) == self.batch_size
+            )
+            if current and full:
+                batches.append(current)
+                current, longest = [], 0
+            current.append(i)
+            longest = max(longest, length)
+        if current:
+            batches.append(current)
+        if self.drop_last and self.max_tokens is None:
+            batches = [b for b in batches if len(b) == self.batch_size]
+        return batches
+
+    def batches(self) -> list[list[int]]:
+        """This rank's batches for the current epoch (cached until the epoch or sampler changes)."""
+        order, shuffle, seed, epoch, rank, world = self._plan()
+        if self.on_epoch is not None:
+            self.on_epoch(epoch)
+        key = (shuffle, seed, epoch, rank, world, id(self.sampler))
+        if self._cache is not None and self._cache[0] == key:
+            return self._cache[1]
+        by_length = lambda idx: idx[np.argsort(-self.lengths[idx], kind="stable")]  # noqa: E731
+        if not shuffle:
+            batches = self._cut(by_length(order))
+        else:
+            per_batch = self.batch_size
+            if self.max_tokens is not None:
+                per_batch = max(1, self.max_tokens // max(1, int(self.lengths.mean())))
+            size = self.window * per_batch
+            batches = [b for start in range(0, len(order), size) for b in self._cut(by_length(order[start : start + size]))]
+            # Windows yield long-to-short runs; shuffling the batches removes that trend within an epoch.
+            batches = [batches[j] for j in np.random.default_rng([seed, epoch, 1]).permutation(len(batches))]
+        if world > 1:
+            batches = batches + batches[: (-len(batches)) % world]  # equal count per rank
+            batches = batches[rank::world]
+        self._cache = (key, batches)
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches())
+
+    def __len__(self) -> int:
+        return len(self.batches())
+
+
+class Collator:
+    """Samples -> the batch dict of tasks/spec.py, padded to the longest sequence in the batch.
+
+    Samples carry `input_ids`, `id`, `index` and, by task kind, `labels` / `label_mask` (see
+    tasks/data_encoding.py). Residue i of a sample sits at token `prefix + i`.
+    For masked_lm, `mask_token_id` and `residue_token_ids` set up `mask_tokens`, whose draw follows
+    `set_epoch` (left at 0 for evaluation, so validation masks never change).
+    """
+
+    def __init__(
+        self,
+        task: TaskSpec,
+        prefix: int,
+        pad_token_id: int = 0,
+        mask_token_id: int | None = None,
+        residue_token_ids: Sequence[int] = (),
+        seed: int = 0,
+    ):
+        self.task, self.prefix, self.pad = task, prefix, pad_token_id
+        self.mask_token_id, self.residue_token_ids = mask_token_id, list(residue_token_ids)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        kind, b = self.task.kind, len(samples)
+        width = max(len(s["input_ids"]) for s in samples)
+        input_ids = torch.full((b, width), self.pad, dtype=torch.long)
+        attention_mask = torch.zeros(b, width, dtype=torch.long)
+        residue_mask = torch.zeros(b, width, dtype=torch.bool)
+        for r, s in enumerate(samples):
+            n = len(s["input_ids"])
+            input_ids[r, :n] = torch.tensor(s["input_ids"])
+            attention_mask[r, :n] = 1
+            residue_mask[r, self.prefix : n - 1] = True  # everything between the prefix and </s>
+        batch: dict[str, Any] = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "residue_mask": residue_mask,
+            "ids": [s["id"] for s in samples],
+        }
+        if kind == "masked_lm":
+            indices = [s["index"] for s in samples]
+            batch["input_ids"], batch["labels"] = self.mask_tokens(input_ids, residue_mask, indices, self.epoch)
+            batch["label_mask"] = batch["labels"] != IGNORE_INDEX
+        elif self.task.residue_level:
+            dtype = torch.float32 if self.task.regression else torch.long
+            labels = torch.full((b, width), 0.0 if self.task.regression else IGNORE_INDEX, dtype=dtype)
+            label_mask = torch.zeros(b, width, dtype=torch.bool)
+            for r, s in enumerate(samples):
+                n = len(s["labels"])
+                labels[r, self.prefix : self.prefix + n] = torch.tensor(s["labels"], dtype=dtype)
+                label_mask[r, self.prefix : self.prefix + n] = torch.tensor(s["label_mask"])
+            batch["labels"], batch["label_mask"] = labels, label_mask
+        else:
+            dtype = torch.long if kind == "sequence_classification" else torch.float32
+            batch["labels"] = torch.tensor([s["labels"] for s in samples], dtype=dtype)
+        return batch
+
+    def mask_tokens(
+        self, input_ids: torch.Tensor, residue_mask: torch.Tensor, indices: list[int], epoch: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """BERT corruption: (B, T) ids -> (corrupted ids, labels).
+
+        In each sequence round(p * residues) residue tokens (at least one) are chosen; of those 80% become
+        the mask token, 10% a random standard residue, 10% stay. Labels hold the original id at chosen
+        tokens and IGNORE_INDEX elsewhere; [NLU], </s> and padding are never chosen. The draw depends only
+        on (seed, epoch, sample index), not on batching or workers.
+        """
+        corrupted, labels = input_ids.clone(), torch.full_like(input_ids, IGNORE_INDEX)
+        for r, index in enumerate(indices):
+            rng = np.random.default_rng([self.seed, epoch, index])
+            positions = torch.nonzero(residue_mask[r]).flatten().numpy()
+            k = max(1, round(self.task.data.mlm_probability * len(positions)))
+            chosen = torch.from_numpy(rng.choice(positions, size=k, replace=False))
+            labels[r, chosen] = input_ids[r, chosen]
+            action = rng.random(k)
+            to_mask, to_random = chosen[action < 0.8], chosen[(action >= 0.8) & (action < 0.9)]
+            corrupted[r, to_mask] = self.mask_token_id
+            random_ids = rng.choice(self.residue_token_ids, size=len(to_random))
+            corrupted[r, to_random] = torch.from_numpy(random_ids).long()
+        return corrupted, labels

@@ -1,0 +1,217 @@
+"""Validating task records and encoding their labels, before any training.
+
+`encode(table, task)` checks every row and raises one `DataError` listing every problem, one line each:
+`<file>: row <n> (id <id>): <problem>`. Rows are 1-based data rows (the header is not counted).
+Encoded labels per kind (one entry per record):
+  residue_classification  list[int]   class index per residue, IGNORE_INDEX where masked
+  residue_regression      list[float] value per residue, 0.0 where masked
+  (residue kinds also get `label_mask`: list[bool], True where the residue's label counts)
+  sequence_classification int; sequence_multilabel list[float] (multi-hot, len(labels));
+  sequence_regression float; masked_lm: no labels (they are drawn when batching).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .data_sources import ROW, DataError, Table, split_name
+from .spec import IGNORE_INDEX, TaskSpec
+
+STANDARD_RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
+ALLOWED_RESIDUES = frozenset(STANDARD_RESIDUES + "XBOUZ")
+MAX_PROBLEM_LINES = 20
+
+
+def _is_missing(value: Any) -> bool:
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return False
+    if isinstance(value, str):
+        return not value.strip()
+    return bool(pd.isna(value))
+
+
+def _text(value: Any) -> str:
+    """A label cell as text; integral floats (from Parquet/hub dtypes) print as integers: 1.0 -> "1"."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def _per_residue(value: Any, separator: str | None) -> list:
+    """Split a per-residue cell: by `separator`, else by whitespace when present, else per character."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return list(value)
+    text = str(value).strip()
+    if separator is not None:
+        return [t.strip() for t in text.split(separator)]
+    return text.split() if any(c.isspace() for c in text) else list(text)
+
+
+def _show(items: list) -> str:
+    return ", ".join(repr(i) if isinstance(i, str) else str(i) for i in items)
+
+
+class _Problems:
+    def __init__(self, source: str):
+        self.source, self.lines, self.count = source, [], 0
+
+    def add(self, row: int, record_id: str | None, problem: str) -> None:
+        self.count += 1
+        if len(self.lines) < MAX_PROBLEM_LINES:
+            where = f"row {row}" + (f" (id {record_id})" if record_id is not None else "")
+            self.lines.append(f"{self.source}: {where}: {problem}")
+
+    def raise_if_any(self) -> None:
+        if self.count:
+            extra = self.count - len(self.lines)
+            raise DataError("\n".join(self.lines + ([f"{self.source}: ... and {extra} more problem(s)"] if extra else [])))
+
+
+def _required_columns(task: TaskSpec) -> dict[str, str]:
+    d = task.data
+    columns = {d.sequence_column: "sequence_column"}
+    if task.kind != "masked_lm":
+        columns[d.label_column] = "label_column"
+    if task.residue_level and d.mask_column:
+        columns[d.mask_column] = "mask_column"
+    return columns
+
+
+def _residue_labels(task: TaskSpec, cell: Any, n: int, say) -> list | None:
+    """Per-residue label values (class index or float) of one row, or None after reporting a problem."""
+    d = task.data
+    column = d.label_column
+    values = _per_residue(cell, d.label_separator)
+    if len(values) != n:
+        say(f"label length {len(values)} != sequence length {n} (column '{column}')")
+        return None
+    if task.regression:
+        out = []
+        for i, v in enumerate(values):
+            try:
+                x = float(v)
+            except (TypeError, ValueError):
+                say(f"non-numeric value {v!r} at residue {i + 1} of column '{column}'")
+                return None
+            if math.isnan(x):
+                say(f"NaN at residue {i + 1} of column '{column}'")
+                return None
+            out.append(x)
+        return out
+    index = {label: i for i, label in enumerate(task.labels)}
+    unknown = sorted({_text(v) for v in values} - set(index))
+    if unknown:
+        say(f"label(s) {_show(unknown)} in column '{column}' not in task labels [{', '.join(task.labels)}]")
+        return None
+    return [index[_text(v)] for v in values]
+
+
+def _sequence_label(task: TaskSpec, cell: Any, say) -> Any:
+    """One row's encoded sequence-level label, or None after reporting a problem."""
+    column = task.data.label_column
+    if task.kind == "sequence_regression":
+        try:
+            x = float(cell)
+        except (TypeError, ValueError):
+            say(f"label {cell!r} in column '{column}' is not a number")
+            return None
+        if math.isnan(x):
+            say(f"missing label (NaN) in column '{column}'")
+            return None
+        return x
+    index = {label: i for i, label in enumerate(task.labels)}
+    if task.kind == "sequence_multilabel":
+        names = [p.strip() for p in str(cell).split(task.data.label_separator or ",") if p.strip()]
+    else:
+        names = [_text(cell)]
+    unknown = sorted(set(names) - set(index))
+    if unknown:
+        say(f"label(s) {_show(unknown)} in column '{column}' not in task labels [{', '.join(task.labels)}]")
+        return None
+    if task.kind == "sequence_multilabel":
+        hot = [0.0] * len(index)
+        for name in names:
+            hot[index[name]] = 1.0
+        return hot
+    return index[names[0]]
+
+
+def encode(table: Table, task: TaskSpec) -> dict[str, list]:
+    """Validate every record of `table` and encode it -> columns `id`, `row`, `sequence` (+ `labels`,
+    `label_mask`); raises DataError naming every bad row. Sequences lose whitespace and are uppercased;
+    with `data.truncate` longer ones (and their per-residue labels) are cut to `data.max_length`."""
+    d, frame = task.data, table.frame
+    problems = _Problems(table.source)
+    required = _required_columns(task)
+    missing = [f"'{c}' (task.data.{key})" for c, key in required.items() if c not in frame.columns]
+    if missing:
+        present = ", ".join(str(c) for c in frame.columns if c != ROW)
+        raise DataError(f"{table.source}: missing column(s) {', '.join(missing)}; columns are: {present}")
+
+    # Plain lists: per-cell DataFrame access would dominate the time on large sets.
+    cells = {c: frame[c].tolist() for c in required}
+    has_ids = d.id_column is not None and d.id_column in frame.columns
+    ids = frame[d.id_column].tolist() if has_ids else [None] * len(frame)
+    stem = split_name(table.source)
+    out: dict[str, list] = {"id": [], "row": [], "sequence": []}
+    if task.kind != "masked_lm":
+        out["labels"] = []
+    if task.residue_level:
+        out["label_mask"] = []
+    for i, row in enumerate(frame[ROW].tolist()):
+        record_id = None if _is_missing(ids[i]) else _text(ids[i])
+
+        def say(problem: str) -> None:
+            problems.add(row, record_id, problem)
+
+        cell = cells[d.sequence_column][i]
+        sequence = "" if _is_missing(cell) else "".join(str(cell).split()).upper()
+        if not sequence:
+            say(f"empty sequence (column '{d.sequence_column}')")
+            continue
+        bad = sorted(set(sequence) - ALLOWED_RESIDUES)
+        if bad:
+            say(f"unknown residue letter(s) {_show(bad)} (allowed: the 20 standard residues and X B O U Z)")
+            continue
+        n = len(sequence)
+        if n > d.max_length and not d.truncate:
+            say(f"sequence length {n} > data.max_length {d.max_length} (set data.truncate=true or raise data.max_length)")
+            continue
+        keep = min(n, d.max_length)
+
+        if task.kind != "masked_lm":
+            cell = cells[d.label_column][i]
+            if _is_missing(cell):
+                say(f"missing label (column '{d.label_column}')")
+                continue
+            if task.residue_level:
+                labels = _residue_labels(task, cell, n, say)
+                if labels is None:
+                    continue
+                counts = [True] * n
+                if d.mask_column:
+                    mask_cell = cells[d.mask_column][i]
+                    marks = [] if _is_missing(mask_cell) else _per_residue(mask_cell, None)
+                    if len(marks) != n:
+                        say(f"mask length {len(marks)} != sequence length {n} (column '{d.mask_column}')")
+                        continue
+                    counts = [_text(m) != d.mask_value for m in marks]
+                ignored = 0.0 if task.regression else IGNORE_INDEX
+                out["labels"].append([v if c else ignored for v, c in zip(labels[:keep], counts[:keep])])
+                out["label_mask"].append(counts[:keep])
+            else:
+                label = _sequence_label(task, cell, say)
+                if label is None:
+                    continue
+                out["labels"].append(label)
+        out["id"].append(record_id if record_id is not None else f"{stem}:{row}")
+        out["row"].append(row)
+        out["sequence"].append(sequence[:keep])
+    problems.raise_if_any()
+    if not out["id"]:
+        raise DataError(f"{table.source}: no records")
+    return out
