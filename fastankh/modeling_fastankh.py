@@ -104,15 +104,19 @@ class FastAnkhAttention(nn.Module):
         self.o = nn.Linear(inner, config.d_model, bias=False)
 
     def forward(self, x: torch.Tensor, attn: "AttentionInputs") -> torch.Tensor:
-        """x: (B, L, d_model) -> (B, L, d_model)."""
-        b, length, _ = x.shape
-        q, k, v = (proj(x).view(b, length, self.num_heads, self.d_kv).transpose(1, 2) for proj in (self.q, self.k, self.v))
+        """x: (N, d_model) packed real tokens -> (N, d_model); see `AttentionInputs` for the layout."""
+        b, length = attn.batch, attn.length
+
+        def heads(t: torch.Tensor) -> torch.Tensor:  # (N, inner) -> (B, H, L, d_kv)
+            return attn.unpack(t).view(b, length, self.num_heads, self.d_kv).transpose(1, 2)
+
+        q, k, v = heads(self.q(x)), heads(self.k(x)), heads(self.v(x))
         if attn.backend == "flex":
             out = _compiled_flex()(q, k, v, score_mod=attn.score_mod, block_mask=attn.block_mask, scale=1.0)
         else:
             mask = attn.mask if attn.mask.dtype == q.dtype else attn.mask.to(q.dtype)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
-        return self.o(out.transpose(1, 2).reshape(b, length, -1))
+        return self.o(attn.pack(out.transpose(1, 2).reshape(b * length, -1)))
 
 
 class FastAnkhFeedForward(nn.Module):
@@ -134,7 +138,7 @@ class FastAnkhFeedForward(nn.Module):
 
 
 class FastAnkhBlock(GradientCheckpointingLayer):
-    """Pre-norm residual block: x + Attn(norm(x)), then x + FFN(norm(x))."""
+    """Pre-norm residual block on packed tokens (N, d_model): x + Attn(norm(x)), then x + FFN(norm(x))."""
 
     def __init__(self, config: FastAnkhConfig):
         super().__init__()
@@ -156,14 +160,32 @@ class FastAnkhBlock(GradientCheckpointingLayer):
 class AttentionInputs:
     """What every layer needs to attend, built once per forward.
 
+    Layout: everything position-wise (norms, projections, FFN) runs on the real tokens only, packed
+    as (N, d_model) rows; `token_index` (N,) says where they sit in the flattened (B * L) padded batch
+    (None: no padding, N = B * L). Only attention scatters them back to (B, H, L, d_kv). On length-
+    bucketed batches this skips the padding's share of every matmul.
+
     sdpa: `mask` (B or 1, H, L, L) additive float = position bias + key padding.
     flex: `score_mod` (bias looked up by distance) and `block_mask` (key padding, padded blocks skipped).
     """
 
     backend: str
+    batch: int
+    length: int
+    token_index: torch.Tensor | None = None
     mask: torch.Tensor | None = None
     score_mod: object = None
     block_mask: object = None
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """(B * L, d) -> (N, d)."""
+        return x if self.token_index is None else x.index_select(0, self.token_index)
+
+    def unpack(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, d) -> (B * L, d), zeros at padding."""
+        if self.token_index is None:
+            return x
+        return x.new_zeros(self.batch * self.length, x.size(-1)).index_copy(0, self.token_index, x)
 
 
 _FLEX = None
@@ -235,10 +257,11 @@ class FastAnkhEncoder(nn.Module):
         if backend == "sdpa":
             bias = self.position_bias.dense(length, device)  # (1, H, L, L)
             if bool(key_mask.all()):
-                return AttentionInputs("sdpa", mask=bias.to(dtype))
+                return AttentionInputs("sdpa", b, length, mask=bias.to(dtype))
             padding = torch.zeros(b, 1, 1, length, device=device, dtype=bias.dtype)
             padding.masked_fill_(~key_mask[:, None, None, :], torch.finfo(bias.dtype).min)
-            return AttentionInputs("sdpa", mask=(bias + padding).to(dtype))
+            token_index = key_mask.flatten().nonzero().squeeze(1)
+            return AttentionInputs("sdpa", b, length, token_index, mask=(bias + padding).to(dtype))
 
         from torch.nn.attention.flex_attention import create_block_mask
 
@@ -252,7 +275,8 @@ class FastAnkhEncoder(nn.Module):
             return key_mask[batch, kv_idx]
 
         block_mask = create_block_mask(mask_mod, b, None, length, length, device=device)
-        return AttentionInputs("flex", score_mod=score_mod, block_mask=block_mask)
+        token_index = None if bool(key_mask.all()) else key_mask.flatten().nonzero().squeeze(1)
+        return AttentionInputs("flex", b, length, token_index, score_mod=score_mod, block_mask=block_mask)
 
     def forward(
         self,
@@ -260,7 +284,10 @@ class FastAnkhEncoder(nn.Module):
         attention_mask: torch.Tensor | None = None,
         output_hidden_states: bool = False,
     ) -> BaseModelOutput:
-        """hidden: (B, L, d_model) embeddings; attention_mask: (B, L), 1 for real tokens."""
+        """hidden: (B, L, d_model) embeddings; attention_mask: (B, L), 1 for real tokens.
+
+        Returns last_hidden_state (B, L, d_model); positions where attention_mask is 0 are zeros.
+        """
         b, length, _ = hidden.shape
         key_mask = (
             torch.ones(b, length, dtype=torch.bool, device=hidden.device)
@@ -279,13 +306,16 @@ class FastAnkhEncoder(nn.Module):
             dtype = self.layers[0].attention.q.weight.dtype if len(self.layers) else hidden.dtype
         attn = self._attention_inputs(backend, key_mask, dtype)
 
-        hidden = self.dropout(hidden)
+        def padded(x: torch.Tensor) -> torch.Tensor:  # (N, d) -> (B, L, d), zeros at padding
+            return attn.unpack(x).view(b, attn.length, -1)[:, :length]
+
+        hidden = self.dropout(attn.pack(hidden.flatten(0, 1)))
         all_hidden = []
         for layer in self.layers:
             if output_hidden_states:
-                all_hidden.append(hidden[:, :length])
+                all_hidden.append(padded(hidden))
             hidden = layer(hidden, attn)
-        hidden = self.dropout(self.final_norm(hidden))[:, :length]
+        hidden = padded(self.dropout(self.final_norm(hidden)))
         if output_hidden_states:
             all_hidden.append(hidden)
         return BaseModelOutput(last_hidden_state=hidden, hidden_states=tuple(all_hidden) if output_hidden_states else None)
