@@ -27,7 +27,7 @@ from fastankh.tokenization import prefix_length
 
 from .data_batching import BucketBatchSampler, Collator, SeededSampler
 from .data_encoding import STANDARD_RESIDUES, encode
-from .data_sources import DataError, Table, carve, partition, read_source, split_name
+from .data_sources import DataError, Table, carve, local_path, partition, read_source, split_name
 from .spec import TaskSpec
 
 __all__ = ["TaskDataModule", "DataError"]
@@ -71,9 +71,11 @@ class TaskDataModule(L.LightningDataModule):
         return [s for s in (d.train, d.val, *d.test) if s]
 
     def prepare_data(self) -> None:
-        """Download hub sources once per node (rank 0) so that `setup` on every rank reads the cache."""
+        """Download the hub sources (Lightning calls this on one process per node; `setup` then reads the cache)."""
+        d = self.task.data
         for source in self._sources():
-            read_source(source, self.task.data)
+            if d.hub_id and local_path(source) is None:
+                read_source(source, d)
 
     def _tables(self) -> dict[str, Table]:
         """Raw tables per split name: "train", "val", then test splits in order."""
@@ -116,10 +118,12 @@ class TaskDataModule(L.LightningDataModule):
             return {"input_ids": ids, "length": [len(x) for x in ids]}
 
         fingerprint = Hasher.hash((columns, tokenizer))
-        cache = Path(datasets.config.HF_DATASETS_CACHE) / "fastankh" / f"tokenized-{fingerprint}.arrow"
-        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache = None
+        if datasets.is_caching_enabled():
+            cache = Path(datasets.config.HF_DATASETS_CACHE) / "fastankh" / f"tokenized-{fingerprint}.arrow"
+            cache.parent.mkdir(parents=True, exist_ok=True)
         dataset = Dataset.from_dict(columns).map(
-            tokenize, batched=True, remove_columns=["sequence"], cache_file_name=str(cache),
+            tokenize, batched=True, remove_columns=["sequence"], cache_file_name=cache and str(cache),
             new_fingerprint=fingerprint, desc=f"tokenize {name}",
         )
         expected = [prefix + len(s) + 1 for s in columns["sequence"]]

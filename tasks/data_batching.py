@@ -82,6 +82,9 @@ class BucketBatchSampler(BatchSampler):
         shuffle, seed, epoch = getattr(s, "shuffle", False), getattr(s, "seed", 0), getattr(s, "epoch", 0)
         return np.fromiter(iter(s), dtype=np.int64), shuffle, seed, epoch, 0, 1
 
+    def _longest_first(self, indices: np.ndarray) -> np.ndarray:
+        return indices[np.argsort(-self.lengths[indices], kind="stable")]
+
     def _cut(self, indices: np.ndarray) -> list[list[int]]:
         """Batches of consecutive `indices` (sorted longest first) under the size or token limit."""
         batches, current, longest = [], [], 0
@@ -111,15 +114,15 @@ class BucketBatchSampler(BatchSampler):
         key = (shuffle, seed, epoch, rank, world, id(self.sampler))
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1]
-        by_length = lambda idx: idx[np.argsort(-self.lengths[idx], kind="stable")]  # noqa: E731
         if not shuffle:
-            batches = self._cut(by_length(order))
+            batches = self._cut(self._longest_first(order))
         else:
             per_batch = self.batch_size
             if self.max_tokens is not None:
                 per_batch = max(1, self.max_tokens // max(1, int(self.lengths.mean())))
             size = self.window * per_batch
-            batches = [b for start in range(0, len(order), size) for b in self._cut(by_length(order[start : start + size]))]
+            windows = [order[start : start + size] for start in range(0, len(order), size)]
+            batches = [b for window in windows for b in self._cut(self._longest_first(window))]
             # Windows yield long-to-short runs; shuffling the batches removes that trend within an epoch.
             batches = [batches[j] for j in np.random.default_rng([seed, epoch, 1]).permutation(len(batches))]
         if world > 1:

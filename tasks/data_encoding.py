@@ -81,17 +81,20 @@ def _required_columns(task: TaskSpec) -> dict[str, str]:
     return columns
 
 
-def _residue_labels(task: TaskSpec, cell: Any, n: int, say) -> list | None:
-    """Per-residue label values (class index or float) of one row, or None after reporting a problem."""
-    d = task.data
-    column = d.label_column
-    values = _per_residue(cell, d.label_separator)
-    if len(values) != n:
-        say(f"label length {len(values)} != sequence length {n} (column '{column}')")
+def _residue_labels(task: TaskSpec, cell: Any, counts: list[bool], say) -> list | None:
+    """Per-residue labels of one row (class index or float; the ignore value where `counts` is False),
+    or None after reporting a problem. Masked residues are not checked: their labels are never used."""
+    column = task.data.label_column
+    values = _per_residue(cell, task.data.label_separator)
+    if len(values) != len(counts):
+        say(f"label length {len(values)} != sequence length {len(counts)} (column '{column}')")
         return None
     if task.regression:
         out = []
-        for i, v in enumerate(values):
+        for i, (v, counted) in enumerate(zip(values, counts)):
+            if not counted:
+                out.append(0.0)
+                continue
             try:
                 x = float(v)
             except (TypeError, ValueError):
@@ -103,11 +106,12 @@ def _residue_labels(task: TaskSpec, cell: Any, n: int, say) -> list | None:
             out.append(x)
         return out
     index = {label: i for i, label in enumerate(task.labels)}
-    unknown = sorted({_text(v) for v in values} - set(index))
+    texts = [_text(v) for v in values]
+    unknown = sorted({t for t, counted in zip(texts, counts) if counted} - set(index))
     if unknown:
         say(f"label(s) {_show(unknown)} in column '{column}' not in task labels [{', '.join(task.labels)}]")
         return None
-    return [index[_text(v)] for v in values]
+    return [index[t] if counted else IGNORE_INDEX for t, counted in zip(texts, counts)]
 
 
 def _sequence_label(task: TaskSpec, cell: Any, say) -> Any:
@@ -146,6 +150,8 @@ def encode(table: Table, task: TaskSpec) -> dict[str, list]:
     with `data.truncate` longer ones (and their per-residue labels) are cut to `data.max_length`."""
     d, frame = task.data, table.frame
     problems = _Problems(table.source)
+    if task.residue_level and d.mask_column and d.mask_value is None:
+        raise DataError(f"task {task.name}: task.data.mask_column is set but task.data.mask_value is not")
     required = _required_columns(task)
     missing = [f"'{c}' (task.data.{key})" for c, key in required.items() if c not in frame.columns]
     if missing:
@@ -189,9 +195,6 @@ def encode(table: Table, task: TaskSpec) -> dict[str, list]:
                 say(f"missing label (column '{d.label_column}')")
                 continue
             if task.residue_level:
-                labels = _residue_labels(task, cell, n, say)
-                if labels is None:
-                    continue
                 counts = [True] * n
                 if d.mask_column:
                     mask_cell = cells[d.mask_column][i]
@@ -200,8 +203,10 @@ def encode(table: Table, task: TaskSpec) -> dict[str, list]:
                         say(f"mask length {len(marks)} != sequence length {n} (column '{d.mask_column}')")
                         continue
                     counts = [_text(m) != d.mask_value for m in marks]
-                ignored = 0.0 if task.regression else IGNORE_INDEX
-                out["labels"].append([v if c else ignored for v, c in zip(labels[:keep], counts[:keep])])
+                labels = _residue_labels(task, cell, counts, say)
+                if labels is None:
+                    continue
+                out["labels"].append(labels[:keep])
                 out["label_mask"].append(counts[:keep])
             else:
                 label = _sequence_label(task, cell, say)

@@ -43,7 +43,7 @@ class DataSpec:
     label_column: str = "label"
     id_column: str | None = "id"  # a file without this column gets ids "<file>:<row>"
     mask_column: str | None = None  # residue tasks: per-residue mask string, see mask_value
-    mask_value: str | None = None  # residues whose mask character equals this are ignored
+    mask_value: str | None = None  # residues whose mask value equals this are ignored (labels unchecked)
     split_column: str | None = None  # e.g. cluster40: whole groups go to one split
     # e.g. "split": one train file holding its own partition; rows valued train / valid|val|validation|dev /
     # test go to train / val (unless `val` is given) / an extra test split named "test"

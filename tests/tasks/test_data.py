@@ -199,9 +199,13 @@ def test_hub_source_is_read_only_when_no_local_file_exists(tmp_path, tiny_tok, m
     mine = write_csv(tmp_path / "casp15.csv", [{"input": "MKT", "dssp3": "HHH", "disorder": "1.0 1.0 1.0"}] * 2)
     cfg.data.test = ["CASP12.csv", mine]
     dm = TaskDataModule(TaskSpec.from_config(cfg), tiny_tok)
-    dm.setup()
     hub = "proteinea/secondary_structure_prediction"
-    assert calls == [(hub, {"data": "training_hhblits.csv"}, "data"), (hub, {"data": "CASP12.csv"}, "data")]
+    expected = [(hub, {"data": "training_hhblits.csv"}, "data"), (hub, {"data": "CASP12.csv"}, "data")]
+    dm.prepare_data()
+    assert calls == expected
+    calls.clear()
+    dm.setup()
+    assert calls == expected
     assert dm.test_split_names == ["CASP12", "casp15"]
     assert dm.splits["CASP12"]["labels"][0] == [IGNORE_INDEX, 0, 0, 1, IGNORE_INDEX]  # disorder "0.0" masked
     assert dm.splits["casp15"]["id"][:] == ["casp15:1", "casp15:2"]
@@ -249,6 +253,21 @@ def test_truncate_cuts_sequence_and_labels(tmp_path, tiny_tok):
     assert dm.splits["val"]["labels"][0] == [0.0, 1.0, 2.0, 3.0, 4.0]
     assert len(dm.splits["val"]["input_ids"][0]) == 5 + 1
     assert dm.train_label_mean == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize(
+    "kind, labels, cell, expected",
+    [
+        ("residue_regression", None, "0.5 nan 0.25", [0.5, 0.0, 0.25]),
+        ("residue_classification", ["H", "E", "C"], "H-C", [0, IGNORE_INDEX, 2]),
+    ],
+)
+def test_masked_residues_are_ignored_and_not_validated(kind, labels, cell, expected, tmp_path, tiny_tok):
+    path = write_csv(tmp_path / "m.csv", [{"id": "a", "sequence": "MKT", "label": cell, "m": "101"}] * 2)
+    dm = TaskDataModule(make_task(kind, labels, train=path, val=path, mask_column="m", mask_value="0"), tiny_tok)
+    dm.setup()
+    assert dm.splits["val"]["labels"][0] == expected
+    assert dm.splits["val"]["label_mask"][0] == [True, False, True]
 
 
 @pytest.mark.parametrize(
