@@ -362,7 +362,12 @@ class FastAnkhPreTrainedModel(PreTrainedModel):
         if source_type == "t5":
             model = _from_t5_checkpoint(cls, path, **kwargs)
         else:
-            model = super().from_pretrained(path, *args, **kwargs)
+            want_info = kwargs.pop("output_loading_info", False)
+            model, info = super().from_pretrained(path, *args, output_loading_info=True, **kwargs)
+            if "lm_head.weight" in info["missing_keys"]:  # an encoder-only checkpoint into the MaskedLM
+                model.reset_lm_head()
+            if want_info:
+                return model, info
         if attn_backend is not None:
             model.config.attn_backend = attn_backend
         return model
@@ -417,9 +422,14 @@ class FastAnkhForMaskedLM(FastAnkhPreTrainedModel):
         self.model = FastAnkhModel(config)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.post_init()
-        self.lm_head.weight.data.copy_(self.model.embed_tokens.weight.data)
+        self.reset_lm_head()
 
     base_model_prefix = "model"
+
+    @torch.no_grad()
+    def reset_lm_head(self) -> None:
+        """Start the (untrained) LM head as a copy of the shared input embedding."""
+        self.lm_head.weight.copy_(self.model.embed_tokens.weight)
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.embed_tokens
@@ -556,7 +566,7 @@ def _from_t5_checkpoint(cls, path: str, **kwargs) -> FastAnkhPreTrainedModel:
     if missing:
         raise ValueError(f"{path}: T5 checkpoint lacks {len(missing)} encoder weights, e.g. {missing[:3]}")
     full = {k: state[k.removeprefix(prefix)] for k in own if k.removeprefix(prefix) in state}
-    if "lm_head.weight" in own:  # the MaskedLM head is not in ANKH checkpoints: start from the embedding
+    if "lm_head.weight" in own:  # the MaskedLM head is not in ANKH checkpoints (reset_lm_head)
         full["lm_head.weight"] = state["embed_tokens.weight"].clone()
     if dtype is not None and dtype != "auto":
         full = {k: v.to(dtype) for k, v in full.items()}

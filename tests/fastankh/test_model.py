@@ -215,3 +215,54 @@ def test_remote_code_in_a_python_without_fastankh(tmp_path, t5_checkpoint):
     with torch.no_grad():
         expected = model(ids, mask).last_hidden_state
     assert torch.equal(torch.load(tmp_path / "out.pt"), expected)
+
+
+def test_hub_id_path_converts_a_t5_repo(monkeypatch, t5_checkpoint):
+    """A hub id goes through huggingface_hub (served here from a local folder: the Hub is offline)."""
+    import os
+
+    import huggingface_hub
+    from huggingface_hub.errors import EntryNotFoundError
+
+    folder = t5_checkpoint("ankh_large")
+    asked = []
+
+    def fake_download(repo_id, filename, **kwargs):
+        asked.append((repo_id, filename))
+        path = os.path.join(folder, filename)
+        if not os.path.exists(path):
+            raise EntryNotFoundError(f"{filename} not in {repo_id}")
+        return path
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    model = FastAnkhModel.from_pretrained("ElnaggarLab/ankh-large", revision="main")
+    assert ("ElnaggarLab/ankh-large", "config.json") in asked
+    ref = T5EncoderModel.from_pretrained(folder).eval()
+    ids, mask = random_batch(LENGTHS)
+    with torch.no_grad():
+        r = ref(input_ids=ids, attention_mask=mask).last_hidden_state
+        assert relative_error(model(ids, mask).last_hidden_state, r, mask) <= 1e-5
+
+
+def test_sharded_t5_checkpoint(tmp_path, t5_checkpoint):
+    from transformers import T5ForConditionalGeneration
+
+    T5ForConditionalGeneration.from_pretrained(t5_checkpoint("ankh_base")).save_pretrained(tmp_path, max_shard_size="20KB")
+    assert (tmp_path / "model.safetensors.index.json").exists()
+    sharded = FastAnkhModel.from_pretrained(tmp_path)
+    single = FastAnkhModel.from_pretrained(t5_checkpoint("ankh_base"))
+    for (name, a), (_, b) in zip(sharded.state_dict().items(), single.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_masked_lm_loads_a_saved_fastankh_encoder(tmp_path, t5_checkpoint):
+    from transformers import AutoModelForMaskedLM
+
+    encoder = FastAnkhModel.from_pretrained(t5_checkpoint("ankh3_large"))
+    encoder.save_pretrained(tmp_path)
+    mlm = AutoModelForMaskedLM.from_pretrained(tmp_path)
+    assert isinstance(mlm, FastAnkhForMaskedLM)
+    assert torch.equal(mlm.model.encoder.layers[1].ffn.wo.weight, encoder.encoder.layers[1].ffn.wo.weight)
+    assert torch.equal(mlm.lm_head.weight, encoder.embed_tokens.weight)  # not left uninitialised
+    fresh = FastAnkhForMaskedLM(FastAnkhConfig.from_preset("ankh_tiny", num_layers=1))
+    assert torch.equal(fresh.lm_head.weight, fresh.model.embed_tokens.weight)
