@@ -355,9 +355,11 @@ class FastAnkhPreTrainedModel(PreTrainedModel):
 
         `pretrained_model_name_or_path`: local directory or hub id. T5 checkpoints
         (T5ForConditionalGeneration / T5EncoderModel) keep the encoder and shared embedding only.
-        `attn_backend` overrides the saved backend ("sdpa", "flex", "kernels_flash").
+        `attn_backend` overrides the saved backend ("sdpa", "flex", "kernels_flash"); `device` moves
+        the loaded model there; `dtype` casts the weights.
         """
         path = os.fspath(pretrained_model_name_or_path)
+        device = kwargs.pop("device", None)
         source_type = _checkpoint_model_type(path, kwargs)
         if source_type == "t5":
             model = _from_t5_checkpoint(cls, path, **kwargs)
@@ -370,7 +372,7 @@ class FastAnkhPreTrainedModel(PreTrainedModel):
                 return model, info
         if attn_backend is not None:
             model.config.attn_backend = attn_backend
-        return model
+        return model if device is None else model.to(device)
 
 
 class FastAnkhModel(FastAnkhPreTrainedModel):
@@ -553,7 +555,7 @@ def _load_t5_state(path: str, kwargs: dict) -> dict[str, torch.Tensor]:
 def _from_t5_checkpoint(cls, path: str, **kwargs) -> FastAnkhPreTrainedModel:
     config = kwargs.pop("config", None)
     dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
-    device = kwargs.pop("device", None) or kwargs.pop("device_map", None)
+    device = kwargs.pop("device_map", None)
     if config is None:
         with open(_resolve_file(path, "config.json", kwargs)) as f:
             config = config_from_t5(json.load(f), **kwargs)
