@@ -68,7 +68,8 @@ class _Problems:
     def raise_if_any(self) -> None:
         if self.count:
             extra = self.count - len(self.lines)
-            raise DataError("\n".join(self.lines + ([f"{self.source}: ... and {extra} more problem(s)"] if extra else [])))
+            more = [f"{self.source}: ... and {extra} more problem(s)"] if extra else []
+            raise DataError("\n".join(self.lines + more))
 
 
 def _required_columns(task: TaskSpec) -> dict[str, str]:
@@ -185,7 +186,8 @@ def encode(table: Table, task: TaskSpec) -> dict[str, list]:
             continue
         n = len(sequence)
         if n > d.max_length and not d.truncate:
-            say(f"sequence length {n} > data.max_length {d.max_length} (set data.truncate=true or raise data.max_length)")
+            say(f"sequence length {n} > data.max_length {d.max_length} "
+                "(set data.truncate=true or raise data.max_length)")
             continue
         keep = min(n, d.max_length)
 

