@@ -45,3 +45,44 @@ def make_batch(task: TaskSpec, lengths: list[int], seed: int = 0, num_classes: i
         batch["labels"] = ids.masked_fill(~chosen, IGNORE_INDEX)
         batch["input_ids"] = ids.masked_fill(chosen, 28)  # <extra_id_0>
     return batch
+
+
+OPTIM = dict(lr=1e-3, head_lr=1e-3, weight_decay=0.01, betas=[0.9, 0.999], scheduler="constant", warmup_ratio=0.0, warmup_steps=None)
+FINETUNE = {
+    "frozen": {"mode": "frozen", "cache_embeddings": False},
+    "full": {"mode": "full"},
+    "lora": {"mode": "lora", "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q", "k", "v", "o"]},
+    "partial": {"mode": "partial", "trainable_layers": 1},
+}
+
+
+def make_module(kind: str, mode: str = "full", num_layers: int = 2, head: dict | None = None, **kwargs):
+    """FineTuneModule on a random tiny ANKH backbone (d_model 32) for a synthetic task of `kind`."""
+    import dataclasses
+
+    from fastankh import FastAnkhConfig, FastAnkhForMaskedLM, FastAnkhModel
+    from tasks.module import FineTuneModule
+
+    torch.manual_seed(0)
+    config = FastAnkhConfig.from_preset("ankh_tiny", d_model=32, d_kv=8, d_ff=64, num_layers=num_layers, num_heads=4)
+    backbone = (FastAnkhForMaskedLM if kind == "masked_lm" else FastAnkhModel)(config)
+    finetune = kwargs.pop("finetune", FINETUNE[mode])
+    optim = {**OPTIM, **kwargs.pop("optim", {})}
+    return FineTuneModule(
+        task=dataclasses.asdict(make_task(kind)), head=head or {"name": "auto", "dropout": 0.0}, finetune=finetune,
+        optim=optim, backbone=backbone, **kwargs,
+    )
+
+
+def fit(module, batches: list[dict], steps: int, val_batches: list[dict] | None = None, **trainer_kwargs):
+    """Train `module` for `steps` optimizer steps on a fixed list of batches (Lightning, CPU, no logger)."""
+    import lightning as L
+
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False)
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, **trainer_kwargs,
+    )
+    val = torch.utils.data.DataLoader(val_batches, batch_size=None) if val_batches else None
+    trainer.fit(module, loader, val)
+    return trainer

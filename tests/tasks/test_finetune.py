@@ -1,0 +1,97 @@
+"""Fine-tuning modes: what trains, what stays bit-identical, LoRA targets, the frozen-embedding cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.tasks.synthetic import fit, make_batch, make_module, make_task
+from tasks.finetune import count_params
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in module.named_parameters()}
+
+
+def changed(before: dict[str, torch.Tensor], module: torch.nn.Module) -> set[str]:
+    return {name for name, p in module.named_parameters() if not torch.equal(before[name], p)}
+
+
+@pytest.fixture(scope="module")
+def batches() -> list[dict]:
+    task = make_task("residue_classification")
+    return [make_batch(task, [12, 7, 9], seed=s) for s in range(3)]
+
+
+def test_frozen_trains_only_the_head_and_keeps_the_backbone_in_eval_mode(batches):
+    module = make_module("residue_classification", "frozen")
+    assert not any(p.requires_grad for p in module.backbone.parameters())
+    head_params = sum(p.numel() for p in module.head.parameters())
+    assert module.param_counts.trainable == head_params
+    assert module.param_counts.total == head_params + sum(p.numel() for p in module.backbone.parameters())
+    before = snapshot(module)
+    fit(module, batches, steps=3)
+    assert changed(before, module) == {n for n in before if n.startswith("head.")}
+    module.train()
+    assert module.head.training and not module.backbone.training
+
+
+def test_full_trains_every_parameter():
+    module = make_module("sequence_classification", "full")
+    assert module.param_counts.trainable == module.param_counts.total == count_params(module).total
+
+
+def test_partial_trains_the_last_blocks_and_final_norm(batches):
+    module = make_module("residue_classification", "partial", num_layers=3, finetune={"mode": "partial", "trainable_layers": 2})
+    trainable = {
+        ".".join(n.split(".")[:3]) if n.startswith("encoder.layers.") else n
+        for n, p in module.backbone.named_parameters()
+        if p.requires_grad
+    }
+    assert trainable == {"encoder.layers.1", "encoder.layers.2", "encoder.final_norm.weight"}
+    before = snapshot(module)
+    fit(module, batches, steps=2)
+    assert {n for n in changed(before, module) if n.startswith("backbone.")} == {
+        n for n, p in module.named_parameters() if n.startswith("backbone.") and p.requires_grad
+    }
+    with pytest.raises(ValueError, match="trainable_layers=4: the backbone has 3 blocks"):
+        make_module("residue_classification", "partial", num_layers=3, finetune={"mode": "partial", "trainable_layers": 4})
+
+
+def test_lora_trains_only_adapters_and_head_and_base_weights_stay_bit_identical(batches):
+    module = make_module("residue_classification", "lora")
+    before = snapshot(module)
+    fit(module, batches, steps=4)
+    moved = changed(before, module)
+    assert moved, "nothing trained"
+    assert all("lora_" in n or n.startswith("head.") for n in moved)
+    assert any("lora_B" in n for n in moved) and any(n.startswith("head.") for n in moved)
+    base = {n for n in before if "lora_" not in n and not n.startswith("head.")}
+    assert base and not (base & moved)  # every base weight (embeddings, q/k/v/o, FFN, norms) untouched
+    wrapped = {n.rsplit(".", 1)[0].split(".")[-1] for n, _ in module.backbone.named_modules() if n.endswith("lora_A")}
+    assert wrapped == {"q", "k", "v", "o"}  # "o" does not also catch "wo"
+
+
+def test_lora_on_the_ffn_and_targets_that_match_nothing():
+    ffn = {"mode": "lora", "r": 2, "alpha": 4, "dropout": 0.0, "target_modules": ["q", "v", "wi_0", "wi_1", "wo"]}
+    module = make_module("sequence_regression", "lora", finetune=ffn)
+    wrapped = {n.rsplit(".", 1)[0].split(".")[-1] for n, _ in module.backbone.named_modules() if n.endswith("lora_A")}
+    assert wrapped == {"q", "v", "wi_0", "wi_1", "wo"}
+    for targets, bad in ((["query", "value"], "query"), (["q", "dense"], "dense"), ([], "empty")):
+        with pytest.raises(ValueError, match=f"{bad}.*match no Linear of the backbone"):
+            make_module("sequence_regression", "lora", finetune={**ffn, "target_modules": targets})
+
+
+def test_frozen_cache_runs_the_backbone_once_per_sequence_and_changes_nothing(batches):
+    cached = make_module("residue_classification", "frozen", finetune={"mode": "frozen", "cache_embeddings": True})
+    plain = make_module("residue_classification", "frozen")
+    sequences = []
+    cached.backbone.register_forward_hook(lambda m, args, kwargs, out: sequences.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    cached.eval(), plain.eval()
+    with torch.no_grad():
+        for _ in range(2):  # two epochs over the same batches
+            for batch in batches:
+                torch.testing.assert_close(cached(batch), plain(batch), atol=1e-5, rtol=0)
+    assert sum(sequences) == sum(b["input_ids"].shape[0] for b in batches)
+    with pytest.raises(ValueError, match="cache_embeddings needs finetune=frozen"):
+        make_module("residue_classification", "full", finetune={"mode": "full", "cache_embeddings": True})
