@@ -4,21 +4,32 @@ Importing the package registers the config and models with transformers' Auto cl
 `AutoModel.from_pretrained(dir)` works on FastANKH checkpoints without `trust_remote_code`.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+)
 
 from .configuration_fastankh import ATTN_BACKENDS, PRESETS, FastAnkhConfig
 from .modeling_fastankh import FastAnkhForMaskedLM, FastAnkhModel, FastAnkhPreTrainedModel
+from .modeling_tasks import FastAnkhForSequenceClassification, FastAnkhForTokenClassification
 from .embedding import embed_dataset, read_fasta
 from .tokenization import load_tokenizer, prefix_length
 
 AutoConfig.register(FastAnkhConfig.model_type, FastAnkhConfig, exist_ok=True)
 AutoModel.register(FastAnkhConfig, FastAnkhModel, exist_ok=True)
 AutoModelForMaskedLM.register(FastAnkhConfig, FastAnkhForMaskedLM, exist_ok=True)
+AutoModelForTokenClassification.register(FastAnkhConfig, FastAnkhForTokenClassification, exist_ok=True)
+AutoModelForSequenceClassification.register(FastAnkhConfig, FastAnkhForSequenceClassification, exist_ok=True)
 
 # Saved checkpoints carry auto_map + the modeling files, so a Hub user needs only transformers.
 FastAnkhConfig.register_for_auto_class()
 FastAnkhModel.register_for_auto_class("AutoModel")
 FastAnkhForMaskedLM.register_for_auto_class("AutoModelForMaskedLM")
+FastAnkhForTokenClassification.register_for_auto_class("AutoModelForTokenClassification")
+FastAnkhForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
 
 # Attached here, not in the modeling file: that file travels to the Hub as self-contained remote code.
 FastAnkhModel.embed_dataset = embed_dataset
@@ -29,6 +40,8 @@ __all__ = [
     "FastAnkhConfig",
     "FastAnkhModel",
     "FastAnkhForMaskedLM",
+    "FastAnkhForTokenClassification",
+    "FastAnkhForSequenceClassification",
     "FastAnkhPreTrainedModel",
     "embed_dataset",
     "read_fasta",

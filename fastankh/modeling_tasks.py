@@ -1,0 +1,149 @@
+"""FastANKH task models: the encoder plus a per-residue or per-sequence head, as plain transformers models.
+
+`FastAnkhForTokenClassification` (one prediction per residue) and `FastAnkhForSequenceClassification`
+(one per sequence) hold `model` (a `FastAnkhModel`) and `head` (built by `heads.build_head` from config
+fields), so `AutoModelFor*Classification.from_pretrained(dir, trust_remote_code=True)` rebuilds a
+fine-tuned model with nothing but torch and transformers.
+
+Config fields read here (besides the encoder's):
+- `id2label` / `label2id` / `num_labels`; `problem_type`: "single_label_classification",
+  "multi_label_classification" (sequence models) or "regression" (num_labels = 1);
+- `head_name` (residue heads: linear, mlp, convbert; sequence heads: mean, max, attention, convbert)
+  and `head_kwargs` (hidden_dim, dropout, num_heads, kernel_size, num_layers, pooling);
+- `non_residue_token_ids`: token ids that are not residues ([NLU], </s>, <pad>); heads read residues only.
+
+This file travels to the Hub as remote code: it imports only torch, transformers and its sibling files.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassifierOutput
+
+from .configuration_fastankh import FastAnkhConfig
+from .heads import build_head
+from .modeling_fastankh import FastAnkhModel, FastAnkhPreTrainedModel
+
+PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+
+
+class _FastAnkhTaskModel(FastAnkhPreTrainedModel):
+    """Encoder `model` + task `head`; `head_level` ("residue" | "sequence") is set by the subclass."""
+
+    base_model_prefix = "model"  # so a plain FastAnkhModel checkpoint loads as this model's encoder
+    head_level: str
+
+    def __init__(self, config: FastAnkhConfig):
+        super().__init__(config)
+        if config.problem_type is not None and config.problem_type not in PROBLEM_TYPES:
+            raise ValueError(f"problem_type must be one of {PROBLEM_TYPES}, got {config.problem_type!r}")
+        self.model = FastAnkhModel(config)
+        self.head = build_head(
+            self.head_level,
+            getattr(config, "head_name", None) or ("linear" if self.head_level == "residue" else "mean"),
+            config.d_model,
+            config.num_labels,
+            **(getattr(config, "head_kwargs", None) or {}),
+        )
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Head modules get PyTorch's default init (the encoder's own init runs in `self.model`)."""
+        if isinstance(module, nn.MultiheadAttention):
+            module._reset_parameters()
+        elif module is not self and hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def residue_mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """(B, T) bool: True at residue tokens, False at [NLU], </s>, padding (ids in non_residue_token_ids)."""
+        excluded = getattr(self.config, "non_residue_token_ids", None)
+        if excluded is None:
+            excluded = [self.config.pad_token_id, self.config.eos_token_id]
+        mask = ~torch.isin(input_ids, torch.tensor(excluded, device=input_ids.device))
+        return mask if attention_mask is None else mask & attention_mask.bool()
+
+    def _problem_type(self, labels: torch.Tensor) -> str:
+        if self.config.problem_type is not None:
+            return self.config.problem_type
+        if self.config.num_labels == 1:
+            return "regression"
+        return "single_label_classification" if labels.dtype in (torch.long, torch.int) else "multi_label_classification"
+
+    def _logits(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        residue_mask: torch.Tensor | None,
+        output_hidden_states: bool | None,
+    ):
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=output_hidden_states)
+        if residue_mask is None:
+            residue_mask = self.residue_mask(input_ids, attention_mask)
+        return self.head(out.last_hidden_state, residue_mask), out, residue_mask
+
+
+class FastAnkhForTokenClassification(_FastAnkhTaskModel):
+    """One prediction per residue: logits (B, T, num_labels), meaningful at residue tokens only."""
+
+    head_level = "residue"
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        residue_mask: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> TokenClassifierOutput:
+        """input_ids / attention_mask: (B, T); residue_mask (B, T) bool defaults to `self.residue_mask`.
+
+        labels: (B, T) class ids with -100 where ignored, or float values for regression (counted at
+        residue tokens). The loss is cross-entropy, or MSE for problem_type "regression".
+        """
+        logits, out, residue_mask = self._logits(input_ids, attention_mask, residue_mask, output_hidden_states)
+        loss = None
+        if labels is not None:
+            if self._problem_type(labels) == "regression":
+                loss = F.mse_loss(logits.squeeze(-1).float()[residue_mask], labels.float()[residue_mask])
+            else:
+                loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+        return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
+
+
+class FastAnkhForSequenceClassification(_FastAnkhTaskModel):
+    """One prediction per sequence, pooled over residues: logits (B, num_labels)."""
+
+    head_level = "sequence"
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        residue_mask: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutput:
+        """labels: (B,) class ids, (B,) floats (regression) or (B, num_labels) 0/1 (multi-label)."""
+        logits, out, _ = self._logits(input_ids, attention_mask, residue_mask, output_hidden_states)
+        loss = None
+        if labels is not None:
+            problem = self._problem_type(labels)
+            if problem == "regression":
+                loss = F.mse_loss(logits.squeeze(-1).float(), labels.float().view(-1))
+            elif problem == "multi_label_classification":
+                loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+            else:
+                loss = F.cross_entropy(logits.float(), labels.view(-1))
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
+
+
+__all__ = ["FastAnkhForTokenClassification", "FastAnkhForSequenceClassification", "PROBLEM_TYPES"]

@@ -1,0 +1,350 @@
+"""Lightning checkpoint -> Hub-ready folder (weights, config with auto_map, tokenizer, modeling code, model card).
+
+    export_checkpoint("outputs/ss3_local/runs/X/checkpoints/epoch007.ckpt", "ss3-model")
+    push_folder("ss3-model", "my-org/ankh-ss3", private=True)
+
+Two layouts:
+- merged (default): `FastAnkhFor{Token,Sequence}Classification` with LoRA (if any) merged into the encoder;
+  `AutoModelFor*Classification.from_pretrained(dir, trust_remote_code=True)` needs only transformers.
+- adapter-only (`merge_lora=False`, LoRA runs): the peft adapter of the whole task model (LoRA on the
+  encoder + the trained head as `modules_to_save`), config.json/code/tokenizer, and the base model id in
+  `config.base_model_name_or_path`; see `ADAPTER_USAGE` for how it loads with peft onto the base.
+The run directory (two levels above the checkpoint: config.yaml, test_metrics.json) feeds the model card.
+Every folder is written under `<dir>.tmp-*` and renamed into place, so a crash never leaves half of one.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from omegaconf import OmegaConf
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.dynamic_module_utils import custom_object_save
+
+from fastankh import FastAnkhConfig, FastAnkhForSequenceClassification, FastAnkhForTokenClassification, load_tokenizer
+from fastankh.tokenization import prefix_length
+from tasks.backbone import tokenizer_source, weights_source
+from tasks.heads import head_spec
+from tasks.module import FineTuneModule
+from tasks.outputs import write_text_atomic
+from tasks.spec import TaskSpec
+
+PROBE_SEQUENCES = ("MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ", "GSHMLEDPVNX", "ACDEFGHIKLMNPQRSTVWY")
+PROBE_TOLERANCE = 1e-4  # exported vs Lightning logits on the probe, relative to the largest logit
+
+
+@dataclass
+class Run:
+    """What an export reads: the trained module, the run's resolved config and test metrics (if found)."""
+
+    module: FineTuneModule
+    checkpoint: Path
+    config: dict[str, Any] | None  # the run's config.yaml, resolved
+    test_metrics: dict[str, dict[str, float]] | None  # split -> metric -> value
+
+    @property
+    def task(self) -> TaskSpec:
+        return self.module.task
+
+    @property
+    def lora(self) -> bool:
+        return hasattr(self.module.backbone, "peft_config")
+
+
+def load_run(checkpoint: str | os.PathLike, run_dir: str | os.PathLike | None = None) -> Run:
+    """The module of a Lightning checkpoint plus its run's config.yaml / test_metrics.json.
+
+    run_dir defaults to the checkpoint's grandparent (train.py writes RUN/checkpoints/*.ckpt).
+    """
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"{checkpoint}: checkpoint file not found")
+    run_dir = Path(run_dir) if run_dir is not None else checkpoint.resolve().parent.parent
+    config_file, metrics_file = run_dir / "config.yaml", run_dir / "test_metrics.json"
+    config = OmegaConf.to_container(OmegaConf.load(config_file), resolve=True) if config_file.is_file() else None
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+    module = FineTuneModule.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    if module.task.kind == "masked_lm":
+        raise ValueError(
+            f"{checkpoint}: task kind masked_lm has no classification head to export; train.py saved the "
+            "adapted encoder in the run's backbone/ directory (use it with model.path=...)"
+        )
+    return Run(module, checkpoint, config, metrics)
+
+
+def run_tokenizer(run: Run) -> PreTrainedTokenizerBase:
+    """The tokenizer the run trained with (from its config.yaml; else the one the encoder config implies)."""
+    if run.config is not None:
+        return load_tokenizer(tokenizer_source(run.config["model"]))
+    return load_tokenizer(FastAnkhConfig.from_dict(run.module.hparams.backbone_config))
+
+
+def task_config(run: Run, tokenizer: PreTrainedTokenizerBase) -> FastAnkhConfig:
+    """Encoder config + the task fields `fastankh.modeling_tasks` reads (labels, problem type, head)."""
+    task = run.task
+    config = FastAnkhConfig.from_dict(copy.deepcopy(run.module.hparams.backbone_config))
+    if task.regression:
+        config.id2label, config.problem_type = {0: task.data.label_column}, "regression"
+    else:
+        config.id2label = dict(enumerate(str(label) for label in task.labels))
+        multi = task.kind == "sequence_multilabel"
+        config.problem_type = "multi_label_classification" if multi else "single_label_classification"
+    config.label2id = {label: i for i, label in config.id2label.items()}
+    spec = head_spec(task, run.module.hparams.head)
+    config.head_name = spec.pop("name")
+    config.head_kwargs = {k: v for k, v in spec.items() if k not in ("kind_level", "num_outputs")}
+    template = tokenizer("")["input_ids"]  # the specials around every sequence ([NLU]?, </s>)
+    config.non_residue_token_ids = sorted({tokenizer.pad_token_id, tokenizer.eos_token_id, *template})
+    config.finetuning_task = task.name
+    # Only the entries this folder serves (a base checkpoint's own auto_map may name AutoModel); saving
+    # adds the task class's AutoModelFor*Classification entry.
+    config.auto_map = {"AutoConfig": "configuration_fastankh.FastAnkhConfig"}
+    return config
+
+
+def task_model_class(task: TaskSpec) -> type[PreTrainedModel]:
+    return FastAnkhForTokenClassification if task.residue_level else FastAnkhForSequenceClassification
+
+
+def build_task_model(run: Run, config: FastAnkhConfig, merge_lora: bool = True) -> PreTrainedModel:
+    """The task model with the trained head; its encoder has the LoRA merged in (`merge_lora`) or is the
+    untouched base (adapter export: the adapters are added by `adapter_model`)."""
+    backbone = run.module.backbone
+    if run.lora:
+        backbone = copy.deepcopy(backbone)
+        backbone = backbone.merge_and_unload() if merge_lora else backbone.unload()
+    model = task_model_class(run.task)(config)
+    model.model.load_state_dict(backbone.state_dict())
+    model.head.load_state_dict(run.module.head.state_dict())
+    return model.eval()
+
+
+def _lora_target_regex(names: set[str] | list[str] | str) -> str:
+    """peft target_modules for the task model: the trained Linear names, inside the encoder only."""
+    if isinstance(names, str):  # already a regex over the encoder's module names
+        return rf"model\.(?:{names})"
+    return rf"model\..*\.(?:{'|'.join(re.escape(n) for n in sorted(names))})"
+
+
+def adapter_model(run: Run, config: FastAnkhConfig, base_model: str):
+    """peft model over the task model: the run's LoRA weights on the encoder, the trained head saved whole."""
+    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+    trained = run.module.backbone
+    lora_config = copy.deepcopy(trained.peft_config["default"])
+    lora_config.target_modules = _lora_target_regex(lora_config.target_modules)
+    lora_config.modules_to_save = ["head"]
+    lora_config.base_model_name_or_path = base_model
+    model = get_peft_model(build_task_model(run, config, merge_lora=False), lora_config)
+    # Adapter keys of the bare encoder ("base_model.model.<encoder path>") under the task model's `model.`.
+    state = {
+        re.sub(r"^base_model\.model\.", "base_model.model.model.", k): v
+        for k, v in get_peft_model_state_dict(trained).items()
+    }
+    state.update({f"base_model.model.head.{k}": v for k, v in run.module.head.state_dict().items()})
+    result = set_peft_model_state_dict(model, state)
+    if result.unexpected_keys:
+        raise RuntimeError(f"adapter weights that match no LoRA layer: {result.unexpected_keys[:3]}")
+    return model.eval()
+
+
+def _probe_batch(tokenizer: PreTrainedTokenizerBase) -> dict[str, torch.Tensor]:
+    """A padded batch of PROBE_SEQUENCES with the data module's residue_mask (prefix .. before </s>)."""
+    batch = tokenizer(list(PROBE_SEQUENCES), padding=True, return_tensors="pt")
+    prefix, lengths = prefix_length(tokenizer), batch["attention_mask"].sum(1)
+    positions = torch.arange(batch["input_ids"].shape[1])
+    residue_mask = (positions >= prefix) & (positions < (lengths - 1)[:, None])
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "residue_mask": residue_mask}
+
+
+@torch.no_grad()
+def check_same_predictions(run: Run, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> float:
+    """Max |exported - Lightning| logit on the probe batch at residue tokens (residue tasks) or rows;
+    raises if it exceeds PROBE_TOLERANCE relative to the largest logit."""
+    batch = _probe_batch(tokenizer)
+    expected = run.module(batch)
+    got = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    if run.task.regression:
+        got = got.squeeze(-1)
+    if run.task.residue_level:
+        expected, got = expected[batch["residue_mask"]], got[batch["residue_mask"]]
+    diff = (got - expected).abs().max().item()
+    if diff > PROBE_TOLERANCE * max(1.0, expected.abs().max().item()):
+        raise RuntimeError(f"exported model differs from the checkpoint by {diff:.3g} on the probe sequences")
+    return diff
+
+
+# ------------------------------------------------------------------------------------------ model card
+ADAPTER_USAGE = """\
+from peft import PeftModel
+from transformers import AutoConfig, AutoTokenizer
+from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+repo = "{repo}"
+config = AutoConfig.from_pretrained(repo, trust_remote_code=True)
+model_class = get_class_from_dynamic_module(config.auto_map["{auto_class}"], repo)
+base = model_class.from_pretrained(config.base_model_name_or_path, config=config)  # base encoder + head slot
+model = PeftModel.from_pretrained(base, repo).eval()  # LoRA adapters + trained head
+tokenizer = AutoTokenizer.from_pretrained(repo)"""
+
+MERGED_USAGE = """\
+from transformers import {auto_class}, AutoTokenizer
+
+model = {auto_class}.from_pretrained("{repo}", trust_remote_code=True).eval()
+tokenizer = AutoTokenizer.from_pretrained("{repo}")"""
+
+CITATION = """\
+@article{elnaggar2023ankh,
+  title   = {Ankh: Optimized Protein Language Model Unlocks General-Purpose Modelling},
+  author  = {Elnaggar, Ahmed and Essam, Hazem and Salah-Eldin, Wafaa and Moustafa, Walid and
+             Elkerdawy, Mohamed and Rochereau, Charlotte and Rost, Burkhard},
+  journal = {arXiv preprint arXiv:2301.06568},
+  year    = {2023}
+}
+
+@article{ankh3,
+  title   = {Ankh3: Multi-Task Pretraining with Sequence Denoising and Completion Enhances Protein Representations},
+  journal = {arXiv preprint arXiv:2505.20052},
+  year    = {2025}
+}"""
+
+
+def _metrics_table(metrics: dict[str, dict[str, float]] | None) -> str:
+    if not metrics:
+        return "No test metrics were found next to the checkpoint (test_metrics.json)."
+    names = sorted({m for values in metrics.values() for m in values}, key=lambda m: (m == "loss", m))
+    lines = ["| split | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for split, values in metrics.items():
+        lines.append(f"| {split} | " + " | ".join(f"{values[n]:.4f}" if n in values else "-" for n in names) + " |")
+    return "\n".join(lines)
+
+
+def model_card(run: Run, config: FastAnkhConfig, base_model: str | None, adapter: bool, repo: str) -> str:
+    """README.md: front matter, task and labels, test metrics per split, usage, training config, citation."""
+    task, auto_class = run.task, f"AutoModelFor{'Token' if run.task.residue_level else 'Sequence'}Classification"
+    front = {"library_name": "peft" if adapter else "transformers", "tags": ["protein", "ankh", "fastankh", task.kind]}
+    if base_model and not os.path.exists(base_model):
+        front["base_model"] = base_model
+    if base_model and base_model.startswith("ElnaggarLab/"):
+        front["license"] = "cc-by-nc-sa-4.0"  # the ANKH weights' licence carries over to fine-tunes
+    labels = ", ".join(f"`{config.id2label[i]}`" for i in range(config.num_labels))
+    output = {
+        "residue_classification": "one class per residue, logits (B, T, C)",
+        "residue_regression": "one value per residue token, logits (B, T, 1)",
+        "sequence_classification": "one class per sequence, logits (B, C)",
+        "sequence_multilabel": "independent sigmoid per label, logits (B, C)",
+        "sequence_regression": "one value per sequence, logits (B, 1)",
+    }[task.kind]
+    training = {k: v for k, v in (run.config or {}).items() if k not in ("paths", "hydra")}
+    usage = (ADAPTER_USAGE if adapter else MERGED_USAGE).format(repo=repo, auto_class=auto_class)
+    sections = [
+        "---\n" + yaml.safe_dump(front, sort_keys=False) + "---",
+        f"# FastANKH fine-tuned on `{task.name}`",
+        f"An ANKH protein encoder ({base_model or 'random init, ' + str(getattr(config, 'preset', 'custom'))}) "
+        f"fine-tuned with FastANKH on the task `{task.name}` ({task.kind}): {output}.\n\n"
+        f"- head: `{config.head_name}` {config.head_kwargs or ''}\n"
+        f"- fine-tuning: `{run.module.hparams.finetune['mode']}`"
+        + (" (adapter-only export: LoRA weights + head, base loaded separately)" if adapter else "")
+        + f"\n- labels ({config.num_labels}): {labels}",
+        "## Test metrics\n\n" + _metrics_table(run.test_metrics),
+        "## How to use\n\n```python\n" + usage + "\n\nbatch = tokenizer([\"MKTAYIAKQRQISFVKSHFSRQ\"], padding=True, "
+        "return_tensors=\"pt\")\nlogits = model(**batch).logits\n```\n\nSequences are raw residue strings "
+        "(one letter per residue); the tokenizer appends `</s>` (ANKH3: also prepends `[NLU]`). "
+        "Per-residue outputs are meaningful at residue tokens only (not `[NLU]`, `</s>` or padding).",
+        "## Training config\n\n```yaml\n" + (yaml.safe_dump(training, sort_keys=False) if training else "# not found\n") + "```",
+        "## Citation\n\n```bibtex\n" + CITATION + "\n```",
+    ]
+    return "\n\n".join(sections) + "\n"
+
+
+# ------------------------------------------------------------------------------------------ folders
+def _replace_dir(tmp: Path, target: Path) -> None:
+    """Move the finished `tmp` to `target`; an existing `target` is renamed aside first and then removed."""
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f"{target.name}.old-"))
+        os.replace(target, old / target.name)
+    os.replace(tmp, target)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def export_checkpoint(
+    checkpoint: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    merge_lora: bool = True,
+    run_dir: str | os.PathLike | None = None,
+    base_model: str | None = None,
+    overwrite: bool = False,
+    repo_id: str | None = None,
+) -> Path:
+    """Write the Hub folder of `checkpoint` to `output_dir` (atomically) and return its path.
+
+    base_model: what the adapter-only export loads onto (default: the run's model.path or preset hub id).
+    repo_id: the name the model card's usage snippet loads (default: the folder path).
+    """
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not overwrite:
+        raise FileExistsError(f"{output_dir}: already exists; pass overwrite=true to replace it")
+    run = load_run(checkpoint, run_dir)
+    if not merge_lora and not run.lora:
+        mode = run.module.hparams.finetune["mode"]
+        raise ValueError(f"{checkpoint}: merge_lora=false exports LoRA adapters, but this run used finetune={mode}")
+    if base_model is None and run.config is not None:
+        base_model = weights_source(run.config["model"])
+    if not merge_lora and base_model is None:
+        raise ValueError(
+            f"{checkpoint}: merge_lora=false needs the base encoder the adapters load onto, and this run's was "
+            "randomly initialised (no model.path or hub id); pass base_model=PATH_OR_HUB_ID or use merge_lora=true"
+        )
+
+    tokenizer = run_tokenizer(run)
+    config = task_config(run, tokenizer)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f"{output_dir.name}.tmp-"))
+    try:
+        if merge_lora:
+            model = build_task_model(run, config, merge_lora=True)
+            check_same_predictions(run, model, tokenizer)
+            model.save_pretrained(tmp)
+        else:
+            model = adapter_model(run, config, base_model)
+            check_same_predictions(run, model, tokenizer)
+            model.save_pretrained(tmp)  # adapter_config.json + adapter_model.safetensors
+            task_model = model.get_base_model()
+            config.base_model_name_or_path = base_model
+            config.architectures = [type(task_model).__name__]
+            custom_object_save(task_model, tmp, config=config)  # modeling code + auto_map entry
+            config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        card = model_card(run, config, base_model, adapter=not merge_lora, repo=repo_id or str(output_dir))
+        write_text_atomic(tmp / "README.md", card)
+        _replace_dir(tmp, output_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return output_dir
+
+
+def push_folder(folder: str | os.PathLike, repo_id: str, private: bool = True, token: str | None = None,
+                commit_message: str = "Upload FastANKH fine-tuned model") -> str:
+    """Create `repo_id` (if needed) and upload `folder` to it with huggingface_hub; returns the commit URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    info = api.upload_folder(repo_id=repo_id, folder_path=os.fspath(folder), commit_message=commit_message)
+    return str(getattr(info, "commit_url", info))
+
+
+__all__ = ["Run", "load_run", "export_checkpoint", "push_folder", "task_config", "build_task_model", "model_card"]

@@ -1,0 +1,232 @@
+"""Round trip: tiny train.py runs -> export.py -> a Python where fastankh/tasks cannot be imported.
+
+The CLIs run in this process through Hydra's compose API (`run_cli`): the same config files and
+`main` functions as `python train.py ...`, without paying the interpreter start-up per call.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+from safetensors.torch import load_file
+
+from fastankh import FastAnkhConfig, FastAnkhModel, load_tokenizer, prefix_length
+from tasks.export import export_checkpoint, push_folder
+from tasks.module import FineTuneModule
+from tests.fastankh.test_model import BLOCK_FASTANKH
+
+REPO = Path(__file__).resolve().parents[2]
+# One encoder block, one epoch, a dozen short chains: seconds per run.
+TINY = [
+    "model.config.num_layers=1", "trainer.max_epochs=1", "data.batch_size=4", "~callbacks.progress_bar",
+    "+trainer.enable_model_summary=false", "task.data.val_fraction=0.25", "task.data.test_fraction=0.25",
+]
+
+
+def run_cli(script: str, overrides: list[str], config_name: str | None = None) -> Any:
+    """`python <script>.py <overrides>` in this process: compose its Hydra config and call its main."""
+    module = importlib.import_module(script)
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name or script, overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return module.main.__wrapped__(cfg)
+
+
+def train_run(run_dir: Path, overrides: list[str]) -> Path:
+    """A tiny train.py run writing into run_dir; returns run_dir."""
+    run_cli("train", TINY + overrides + [f"paths.output_dir={run_dir}"], config_name="config")
+    return run_dir
+
+
+def short_rows(source: str, n: int, max_len: int = 90) -> pd.DataFrame:
+    frame = pd.read_csv(REPO / "data" / source)
+    return frame[frame["sequence"].str.len() <= max_len].head(n)
+
+
+def best_checkpoint(run_dir: Path) -> Path:
+    (path,) = [p for p in (run_dir / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt"]
+    return path
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """A residue run (full fine-tuning, ConvBERT head) and a sequence run (LoRA on a saved base encoder)."""
+    root = tmp_path_factory.mktemp("export")
+    short_rows("secondary_structure.csv", 16).to_csv(root / "ss.csv", index=False)
+    short_rows("solubility.csv", 16).to_csv(root / "sol.csv", index=False)
+    torch.manual_seed(0)
+    FastAnkhModel(FastAnkhConfig.from_preset("ankh_tiny", num_layers=1)).save_pretrained(root / "base")
+    residue = train_run(root / "residue", ["task=ss3_local", f"task.data.train={root / 'ss.csv'}", "head=convbert"])
+    sequence = train_run(
+        root / "sequence",
+        ["task=solubility_local", f"task.data.train={root / 'sol.csv'}", "finetune=lora", "head=attention",
+         f"model.path={root / 'base'}", "optim.lr=1e-2"],
+    )
+    return {"root": root, "residue": residue, "sequence": sequence, "base": root / "base"}
+
+
+@pytest.fixture(scope="module")
+def exports(runs) -> dict[str, Path]:
+    root = runs["root"]
+    run_cli("export", [f"checkpoint={best_checkpoint(runs['residue'])}", f"output_dir={root / 'residue_export'}"])
+    sequence_ckpt = best_checkpoint(runs["sequence"])
+    return {
+        "residue": root / "residue_export",
+        "sequence": export_checkpoint(sequence_ckpt, root / "sequence_export"),
+        "adapter": export_checkpoint(sequence_ckpt, root / "adapter_export", merge_lora=False),
+    }
+
+
+def lightning_logits(checkpoint: Path, sequences: list[str]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """(batch, logits) of the Lightning module on `sequences`, residue_mask as the data module builds it."""
+    module = FineTuneModule.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    tokenizer = load_tokenizer("ankh_tiny")
+    batch = dict(tokenizer(sequences, padding=True, return_tensors="pt"))
+    positions = torch.arange(batch["input_ids"].shape[1])
+    lengths = batch["attention_mask"].sum(1, keepdim=True)
+    batch["residue_mask"] = (positions >= prefix_length(tokenizer)) & (positions < lengths - 1)
+    with torch.no_grad():
+        return batch, module(batch)
+
+
+def test_export_writes_a_hub_folder(runs, exports):
+    folder = exports["residue"]
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "README.md", "configuration_fastankh.py",
+                 "modeling_fastankh.py", "modeling_tasks.py", "heads.py"):
+        assert (folder / name).is_file(), name
+    config = json.loads((folder / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForTokenClassification"] == "modeling_tasks.FastAnkhForTokenClassification"
+    assert config["id2label"] == {"0": "H", "1": "E", "2": "C"}
+    assert config["head_name"] == "convbert" and config["problem_type"] == "single_label_classification"
+    card = (folder / "README.md").read_text()
+    metrics = json.loads((runs["residue"] / "test_metrics.json").read_text())
+    assert f"{metrics['test']['q3']:.4f}" in card and "| test |" in card
+    for text in ("`H`, `E`, `C`", "ss3_local", "AutoModelForTokenClassification.from_pretrained", "trust_remote_code=True",
+                 "2301.06568", "2505.20052", "name: convbert"):
+        assert text in card, text
+    assert not [p for p in folder.parent.iterdir() if ".tmp-" in p.name]  # temp folders renamed or removed
+
+
+def test_adapter_only_export_layout(runs, exports):
+    folder = exports["adapter"]
+    assert not (folder / "model.safetensors").exists()
+    adapter = json.loads((folder / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(runs["base"]) and adapter["modules_to_save"] == ["head"]
+    config = json.loads((folder / "config.json").read_text())
+    assert config["base_model_name_or_path"] == str(runs["base"])
+    assert "AutoModelForSequenceClassification" in config["auto_map"]
+    assert "PeftModel.from_pretrained" in (folder / "README.md").read_text()
+    weights = load_file(folder / "adapter_model.safetensors")
+    # Trained adapters (lora_B starts at zero) and the head travel in the adapter file.
+    assert any("lora_B" in k and v.abs().max() > 0 for k, v in weights.items())
+    assert any(".head." in k for k in weights)
+
+
+def test_exports_equal_lightning_in_a_python_without_fastankh(runs, exports, tmp_path):
+    """AutoModelFor*Classification (remote code) and peft-on-base give the Lightning logits (<= 1e-5)."""
+    sequences = pd.read_csv(runs["root"] / "ss.csv")["sequence"].head(5).tolist() + ["MKXTAY", "GSHMLEDPVNWAK"]
+    residue_batch, residue_expected = lightning_logits(best_checkpoint(runs["residue"]), sequences)
+    sequence_batch, sequence_expected = lightning_logits(best_checkpoint(runs["sequence"]), sequences)
+    assert torch.equal(residue_batch["input_ids"], sequence_batch["input_ids"])
+    torch.save({"sequences": sequences, "input_ids": residue_batch["input_ids"]}, tmp_path / "inputs.pt")
+    script = BLOCK_FASTANKH + textwrap.dedent(f"""
+        import torch
+        from peft import PeftModel
+        from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification,
+                                  AutoTokenizer)
+        from transformers.dynamic_module_utils import get_class_from_dynamic_module
+        for name in ("fastankh", "tasks"):
+            try:
+                __import__(name)
+                raise SystemExit(name + " should not be importable here")
+            except ImportError:
+                pass
+        x = torch.load({str(tmp_path / 'inputs.pt')!r})
+        out = {{}}
+        for key, folder, auto in (("residue", {str(exports['residue'])!r}, AutoModelForTokenClassification),
+                                  ("sequence", {str(exports['sequence'])!r}, AutoModelForSequenceClassification)):
+            model = auto.from_pretrained(folder, trust_remote_code=True).eval()
+            assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+            batch = AutoTokenizer.from_pretrained(folder)(x["sequences"], padding=True, return_tensors="pt")
+            assert torch.equal(batch["input_ids"], x["input_ids"]), "exported tokenizer gives other ids"
+            with torch.no_grad():
+                out[key] = model(**batch).logits
+        folder = {str(exports['adapter'])!r}
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+        model_class = get_class_from_dynamic_module(config.auto_map["AutoModelForSequenceClassification"], folder)
+        base = model_class.from_pretrained(config.base_model_name_or_path, config=config)
+        model = PeftModel.from_pretrained(base, folder).eval()
+        with torch.no_grad():
+            out["adapter"] = model(**batch).logits
+        torch.save(out, {str(tmp_path / 'out.pt')!r})
+    """)
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = torch.load(tmp_path / "out.pt")
+    residues = residue_batch["residue_mask"]
+    assert (out["residue"][residues] - residue_expected[residues]).abs().max().item() <= 1e-5
+    assert (out["sequence"] - sequence_expected).abs().max().item() <= 1e-5
+    assert (out["adapter"] - sequence_expected).abs().max().item() <= 1e-5
+    assert residue_expected.shape == (len(sequences), residues.shape[1], 3) and sequence_expected.shape == (len(sequences), 2)
+
+
+def test_export_errors_come_before_any_writing(runs, exports):
+    with pytest.raises(ValueError, match="finetune=full"):
+        export_checkpoint(best_checkpoint(runs["residue"]), runs["root"] / "nope", merge_lora=False)
+    with pytest.raises(FileExistsError, match="overwrite=true"):
+        export_checkpoint(best_checkpoint(runs["residue"]), exports["residue"])
+    assert not (runs["root"] / "nope").exists()
+
+
+def test_failed_export_leaves_the_previous_folder(runs, exports, monkeypatch):
+    import tasks.export
+
+    before = {p.name: p.read_bytes() for p in exports["residue"].iterdir()}
+
+    def broken_card(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(tasks.export, "model_card", broken_card)
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_checkpoint(best_checkpoint(runs["residue"]), exports["residue"], overwrite=True)
+    assert {p.name: p.read_bytes() for p in exports["residue"].iterdir()} == before
+    assert not [p for p in exports["residue"].parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+
+
+def test_push_folder_creates_the_repo_and_uploads(monkeypatch, tmp_path):
+    import huggingface_hub
+
+    calls = []
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls.append(("init", token))
+
+        def create_repo(self, repo_id, **kwargs):
+            calls.append(("create_repo", repo_id, kwargs))
+
+        def upload_folder(self, **kwargs):
+            calls.append(("upload_folder", kwargs))
+            return "https://huggingface.co/org/name/commit/abc"
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    url = push_folder(tmp_path, "org/name", private=True, token="t")
+    assert url.endswith("/commit/abc")
+    assert calls[1] == ("create_repo", "org/name", {"private": True, "exist_ok": True, "repo_type": "model"})
+    assert calls[2][1]["repo_id"] == "org/name" and calls[2][1]["folder_path"] == str(tmp_path)
