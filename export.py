@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from tasks.export import export_checkpoint, push_folder
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="export")
+@hydra.main(version_base="1.3", config_path="conf/cli", config_name="export")
 def main(cfg: DictConfig) -> None:
     if cfg.push_to_hub and not cfg.repo_id:
         raise ValueError("push_to_hub=true needs repo_id=ORG/NAME")

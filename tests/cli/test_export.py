@@ -39,7 +39,8 @@ TINY = [
 def run_cli(script: str, overrides: list[str], config_name: str | None = None) -> Any:
     """`python <script>.py <overrides>` in this process: compose its Hydra config and call its main."""
     module = importlib.import_module(script)
-    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+    conf = REPO / "conf" if script == "train" else REPO / "conf" / "cli"
+    with initialize_config_dir(str(conf), version_base="1.3"):
         cfg = compose(config_name or script, overrides=overrides, return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):

@@ -1,0 +1,234 @@
+"""Predictions of an exported task model (see tasks/export.py) on a FASTA or table of sequences.
+
+Output table, one row per valid input record, in input order:
+  id, sequence, prediction, and for classification kinds one `prob_<label>` column per label.
+- residue_classification: `prediction` = one label per residue, concatenated when every label is one
+  character ("HHHEEC"), else space separated; `prob_<label>` = that label's probability per residue,
+  space separated (4 decimals).
+- residue_regression: `prediction` = one value per residue, space separated.
+- sequence_classification: `prediction` = the label; `prob_<label>` = softmax probability.
+- sequence_multilabel: `prediction` = labels with sigmoid >= 0.5, comma separated; `prob_<label>` = sigmoid.
+- sequence_regression: `prediction` = the value.
+Invalid records (empty, letters outside the 20 standard residues and X B O U Z, longer than max_length)
+are reported as `<file>: record '<id>': <problem>` before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+from fastankh import load_tokenizer, read_fasta
+from fastankh.embedding import FASTA_SUFFIXES
+from fastankh.tokenization import prefix_length
+from tasks.data_encoding import ALLOWED_RESIDUES
+from tasks.data_sources import DataError
+
+TABLE_READERS = {".csv": pd.read_csv, ".tsv": lambda p: pd.read_csv(p, sep="\t"), ".parquet": pd.read_parquet}
+OUTPUT_SUFFIXES = (".csv", ".parquet")
+ON_INVALID = ("skip", "error")
+
+
+@dataclass
+class Record:
+    id: str
+    sequence: str  # whitespace removed, uppercased
+
+
+def read_records(path: str | os.PathLike, id_column: str = "id", sequence_column: str = "sequence") -> list[Record]:
+    """Records of a FASTA file (id = first word of the header) or a .csv/.tsv/.parquet table.
+
+    A table without `id_column` gets ids "<file stem>:<row>" (1-based data rows).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: input file not found")
+    suffix = path.suffix.lower()
+    if suffix in FASTA_SUFFIXES:
+        try:
+            fasta = read_fasta(path)
+        except ValueError as err:  # a duplicate id or a malformed header, named with its line
+            raise DataError(str(err)) from None
+        return [Record(k, "".join(v.split()).upper()) for k, v in fasta.items()]
+    if suffix not in TABLE_READERS:
+        raise DataError(f"{path}: input must be FASTA ({', '.join(FASTA_SUFFIXES)}) or {', '.join(TABLE_READERS)}")
+    frame = TABLE_READERS[suffix](path)
+    if sequence_column not in frame.columns:
+        raise DataError(f"{path}: no column '{sequence_column}' (sequence_column); columns are: {', '.join(map(str, frame.columns))}")
+    ids = frame[id_column].astype(str).tolist() if id_column in frame.columns else [f"{path.stem}:{i}" for i in range(1, len(frame) + 1)]
+    sequences = ["" if pd.isna(s) else "".join(str(s).split()).upper() for s in frame[sequence_column].tolist()]
+    return [Record(i, s) for i, s in zip(ids, sequences)]
+
+
+def check_records(records: Sequence[Record], source: str, max_length: int | None = None) -> tuple[list[int], list[str]]:
+    """(indices of valid records, one problem line per invalid record naming the file and record id)."""
+    valid, problems = [], []
+    for i, r in enumerate(records):
+        bad = sorted(set(r.sequence) - ALLOWED_RESIDUES)
+        if not r.sequence:
+            problem = "empty sequence"
+        elif bad:
+            problem = f"unknown residue letter(s) {', '.join(map(repr, bad))} (allowed: 20 standard residues and X B O U Z)"
+        elif max_length is not None and len(r.sequence) > max_length:
+            problem = f"{len(r.sequence)} residues > max_length={max_length}"
+        else:
+            valid.append(i)
+            continue
+        problems.append(f"{source}: record {r.id!r}: {problem}")
+    return valid, problems
+
+
+def task_kind(config: Any) -> str:
+    """The tasks/spec.py kind an exported config encodes (architecture + problem_type)."""
+    residue = (config.architectures or [""])[0].endswith("TokenClassification")
+    if config.problem_type == "regression":
+        return "residue_regression" if residue else "sequence_regression"
+    if residue:
+        return "residue_classification"
+    return "sequence_multilabel" if config.problem_type == "multi_label_classification" else "sequence_classification"
+
+
+def _repo_file(name_or_path: str, filename: str) -> str | None:
+    """`filename` inside a local folder or hub repo, None when the repo has no such file."""
+    if os.path.isdir(name_or_path):
+        path = os.path.join(name_or_path, filename)
+        return path if os.path.isfile(path) else None
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        return hf_hub_download(name_or_path, filename)
+    except EntryNotFoundError:
+        return None
+
+
+def load_task_model(name_or_path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """(model, tokenizer, kind) of an export folder or hub id; adapter-only exports load with peft onto
+    their base (`config.base_model_name_or_path`). The model is in eval mode on `device`."""
+    name = os.fspath(name_or_path)
+    config = AutoConfig.from_pretrained(name)
+    kind = task_kind(config)
+    auto = AutoModelForTokenClassification if kind.startswith("residue") else AutoModelForSequenceClassification
+    adapter = _repo_file(name, "adapter_config.json")
+    if adapter is not None:
+        from peft import PeftModel
+
+        with open(adapter) as f:
+            base = json.load(f)["base_model_name_or_path"]
+        model = PeftModel.from_pretrained(auto.from_pretrained(base, config=config), name)
+    else:
+        model = auto.from_pretrained(name)
+    return model.to(device).eval(), load_tokenizer(name), kind
+
+
+def _fmt(values: torch.Tensor) -> str:
+    return " ".join(f"{v:.4f}" for v in values.tolist())
+
+
+def _rows(kind: str, labels: list[str], logits: torch.Tensor, records: list[Record], prefix: int) -> list[dict]:
+    """Output rows of one batch; logits (B, T, C) for residue kinds, (B, C) for sequence kinds."""
+    rows, logits = [], logits.float().cpu()
+    joiner = "" if all(len(label) == 1 for label in labels) else " "
+    for r, out in zip(records, logits):
+        row: dict[str, Any] = {"id": r.id, "sequence": r.sequence}
+        if kind == "residue_classification":
+            probs = out[prefix : prefix + len(r.sequence)].softmax(-1)  # (n_residues, C)
+            row["prediction"] = joiner.join(labels[i] for i in probs.argmax(-1).tolist())
+            row.update({f"prob_{label}": _fmt(probs[:, c]) for c, label in enumerate(labels)})
+        elif kind == "residue_regression":
+            row["prediction"] = _fmt(out[prefix : prefix + len(r.sequence), 0])
+        elif kind == "sequence_regression":
+            row["prediction"] = out[0].item()
+        else:
+            multi = kind == "sequence_multilabel"
+            probs = out.sigmoid() if multi else out.softmax(-1)
+            chosen = [c for c in range(len(labels)) if probs[c] >= 0.5] if multi else [int(probs.argmax())]
+            row["prediction"] = ",".join(labels[c] for c in chosen)
+            row.update({f"prob_{label}": probs[c].item() for c, label in enumerate(labels)})
+        rows.append(row)
+    return rows
+
+
+@torch.inference_mode()
+def predict_records(model, tokenizer, kind: str, records: Sequence[Record], batch_size: int = 16, progress: bool = True) -> list[dict]:
+    """Output rows (see the module docstring) for `records`, in their order; batches are length-sorted."""
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    prefix, device = prefix_length(tokenizer), next(model.parameters()).device
+    order = sorted(range(len(records)), key=lambda i: -len(records[i].sequence))  # longest first: least padding
+    rows: list[dict | None] = [None] * len(records)
+    with tqdm(total=len(records), unit="seq", desc="predicting", disable=not progress) as bar:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            batch = tokenizer([records[i].sequence for i in chunk], padding=True, return_tensors="pt").to(device)
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            for i, row in zip(chunk, _rows(kind, labels, logits, [records[i] for i in chunk], prefix)):
+                rows[i] = row
+            bar.update(len(chunk))
+    return rows
+
+
+def write_table(rows: list[dict], path: str | os.PathLike) -> None:
+    """Rows to .csv or .parquet, atomically (temp file in the same folder, then os.replace)."""
+    path = Path(path)
+    if path.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise DataError(f"{path}: output must end in {' or '.join(OUTPUT_SUFFIXES)}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        frame = pd.DataFrame(rows)
+        frame.to_parquet(tmp, index=False) if path.suffix.lower() == ".parquet" else frame.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def predict_file(
+    model: str | os.PathLike,
+    input: str | os.PathLike,
+    output: str | os.PathLike,
+    batch_size: int = 16,
+    on_invalid: str = "skip",
+    id_column: str = "id",
+    sequence_column: str = "sequence",
+    max_length: int | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+    report: Callable[[str], None] | None = None,
+) -> list[str]:
+    """Predict every valid record of `input` into `output`; returns the problem lines of skipped records.
+
+    Bad input raises DataError before the model is loaded (on_invalid="error": one line per invalid
+    record); on_invalid="skip" passes each line to `report` before any prediction and predicts the rest.
+    """
+    if on_invalid not in ON_INVALID:
+        raise DataError(f"on_invalid must be one of {ON_INVALID}, got {on_invalid!r}")
+    if Path(output).suffix.lower() not in OUTPUT_SUFFIXES:
+        raise DataError(f"{output}: output must end in {' or '.join(OUTPUT_SUFFIXES)}")
+    records = read_records(input, id_column, sequence_column)
+    valid, problems = check_records(records, os.fspath(input), max_length)
+    if problems and on_invalid == "error":
+        raise DataError("\n".join(problems))
+    if report is not None:
+        for line in problems:
+            report(line)
+    if not valid:
+        raise DataError(f"{input}: no valid records to predict")
+    task_model, tokenizer, kind = load_task_model(model, device)
+    rows = predict_records(task_model, tokenizer, kind, [records[i] for i in valid], batch_size, progress)
+    write_table(rows, output)
+    return problems
+
+
+__all__ = ["Record", "read_records", "check_records", "load_task_model", "predict_records", "predict_file", "task_kind", "write_table"]

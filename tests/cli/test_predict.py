@@ -1,0 +1,127 @@
+"""predict.py on exported tiny models: input order, invalid records, per-kind output columns, adapters."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+import tasks.predict
+from fastankh import FastAnkhConfig, FastAnkhModel, load_tokenizer
+from tasks.export import export_checkpoint
+from tasks.predict import load_task_model, predict_file
+from tests.cli.test_export import REPO, best_checkpoint, run_cli, short_rows, train_run
+
+
+def write_fasta(path, records: list[tuple[str, str]]) -> None:
+    path.write_text("".join(f">{rid} some description\n{seq[:40]}\n{seq[40:]}\n" for rid, seq in records))
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Exports of a residue run (ss3) and of a LoRA sequence run (solubility): merged and adapter-only."""
+    root = tmp_path_factory.mktemp("predict")
+    short_rows("secondary_structure.csv", 12).to_csv(root / "ss.csv", index=False)
+    short_rows("solubility.csv", 12).to_csv(root / "sol.csv", index=False)
+    torch.manual_seed(0)
+    FastAnkhModel(FastAnkhConfig.from_preset("ankh_tiny", num_layers=1)).save_pretrained(root / "base")
+    residue = train_run(root / "residue", ["task=ss3_local", f"task.data.train={root / 'ss.csv'}"])
+    sequence = train_run(
+        root / "sequence",
+        ["task=solubility_local", f"task.data.train={root / 'sol.csv'}", "finetune=lora", f"model.path={root / 'base'}"],
+    )
+    return {
+        "root": root,
+        "residue": export_checkpoint(best_checkpoint(residue), root / "residue_export"),
+        "sequence": export_checkpoint(best_checkpoint(sequence), root / "sequence_export"),
+        "adapter": export_checkpoint(best_checkpoint(sequence), root / "adapter_export", merge_lora=False),
+    }
+
+
+@pytest.fixture(scope="module")
+def fasta_records() -> list[tuple[str, str]]:
+    """50 real chains, not in length order, plus one invalid record ('J' is no residue) in the middle."""
+    frame = pd.read_csv(REPO / "data" / "secondary_structure.csv").head(50)
+    records = list(zip(frame["id"], frame["sequence"]))
+    return records[:20] + [("bad_record", "MKTJJAY")] + records[20:]
+
+
+def test_fasta_rows_in_input_order_and_invalid_record_reported(models, fasta_records, tmp_path, capsys):
+    write_fasta(tmp_path / "in.fasta", fasta_records)
+    run_cli("predict", [f"model={models['residue']}", f"input={tmp_path / 'in.fasta'}", f"output={tmp_path / 'out.csv'}",
+                        "batch_size=8", "progress=false", "device=cpu"])
+    assert "record 'bad_record': unknown residue letter(s) 'J'" in capsys.readouterr().err
+    out = pd.read_csv(tmp_path / "out.csv", keep_default_na=False)
+    valid = [r for r in fasta_records if r[0] != "bad_record"]
+    assert len(out) == 50 and out["id"].tolist() == [rid for rid, _ in valid]
+    assert out["sequence"].tolist() == [seq for _, seq in valid]
+
+    model, tokenizer, kind = load_task_model(models["residue"])
+    assert kind == "residue_classification"
+    for i in (0, 17, 49):  # each alone, unpadded: batching and length sorting must not change a row
+        seq = valid[i][1]
+        with torch.no_grad():
+            probs = model(**tokenizer([seq], return_tensors="pt")).logits[0, : len(seq)].softmax(-1)
+        assert out["prediction"][i] == "".join("HEC"[c] for c in probs.argmax(-1).tolist())
+        for c, label in enumerate("HEC"):
+            values = torch.tensor([float(v) for v in out[f"prob_{label}"][i].split()])
+            assert len(values) == len(seq)
+            torch.testing.assert_close(values, probs[:, c], atol=6e-5, rtol=0)
+
+
+def test_on_invalid_error_stops_before_loading_the_model(models, fasta_records, tmp_path, monkeypatch):
+    write_fasta(tmp_path / "in.fasta", fasta_records)
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the model was loaded although the input is invalid")
+
+    monkeypatch.setattr(tasks.predict, "load_task_model", must_not_load)
+    with pytest.raises(ValueError, match=r"in\.fasta: record 'bad_record': unknown residue"):
+        predict_file(models["residue"], tmp_path / "in.fasta", tmp_path / "out.csv", on_invalid="error")
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_cli_on_invalid_error_names_the_record(models, fasta_records, tmp_path):
+    write_fasta(tmp_path / "in.fasta", fasta_records)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "predict.py"), f"model={models['residue']}", f"input={tmp_path / 'in.fasta'}",
+         f"output={tmp_path / 'out.csv'}", "on_invalid=error"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "HYDRA_FULL_ERROR": "0"},
+    )
+    assert result.returncode != 0 and "record 'bad_record'" in result.stderr
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_sequence_task_csv_to_parquet_and_adapter_export_agree(models, tmp_path):
+    frame = short_rows("solubility.csv", 30, max_len=300).iloc[12:][["id", "sequence"]]
+    frame.to_csv(tmp_path / "in.csv", index=False)
+    predict_file(models["sequence"], tmp_path / "in.csv", tmp_path / "merged.parquet", batch_size=4, progress=False)
+    predict_file(models["adapter"], tmp_path / "in.csv", tmp_path / "adapter.parquet", batch_size=4, progress=False)
+    merged, adapter = pd.read_parquet(tmp_path / "merged.parquet"), pd.read_parquet(tmp_path / "adapter.parquet")
+    assert merged["id"].astype(str).tolist() == frame["id"].astype(str).tolist()
+    assert set(merged["prediction"]) <= {"0", "1"}
+    torch.testing.assert_close(torch.tensor(merged["prob_0"] + merged["prob_1"]), torch.ones(len(merged), dtype=torch.float64))
+    assert merged["prediction"].tolist() == adapter["prediction"].tolist()
+    torch.testing.assert_close(torch.tensor(merged["prob_1"]), torch.tensor(adapter["prob_1"]), atol=1e-5, rtol=0)
+
+    model, tokenizer, kind = load_task_model(models["sequence"])
+    first = frame["sequence"].iloc[0]
+    with torch.no_grad():
+        probs = model(**tokenizer([first], return_tensors="pt")).logits[0].softmax(-1)
+    assert kind == "sequence_classification"
+    assert merged["prob_1"].iloc[0] == pytest.approx(probs[1].item(), abs=1e-5)
+
+
+def test_unsupported_output_suffix_is_refused_before_work(models, tmp_path):
+    (tmp_path / "in.fasta").write_text(">a\nMKT\n")
+    with pytest.raises(ValueError, match=r"out\.xlsx: output must end in \.csv or \.parquet"):
+        predict_file(models["residue"], tmp_path / "in.fasta", tmp_path / "out.xlsx")
+
+
+def test_tokenizer_of_export_matches_training_tokenizer(models):
+    exported = load_tokenizer(models["residue"])
+    assert exported("MKTAYX")["input_ids"] == load_tokenizer("ankh_tiny")("MKTAYX")["input_ids"]
