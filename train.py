@@ -17,6 +17,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+import tasks.schema  # noqa: F401  (registers the task schema conf/config.yaml names)
 from fastankh import load_tokenizer
 from tasks.backbone import load_backbone, tokenizer_source
 from tasks.data import TaskDataModule

@@ -1,0 +1,113 @@
+"""Hydra configs: every task x model x finetune composes and resolves, heads fit every task, strict keys,
+and the documented `--cfg job` view of a large LoRA run."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+import tasks.schema  # noqa: F401  (registers the task schema, as train.py does)
+from tasks.heads import build_task_head
+from tasks.spec import TaskSpec
+
+ROOT = Path(__file__).resolve().parents[2]
+CONF = ROOT / "conf"
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def hydra_config_dir():
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        yield
+
+
+def resolved(*overrides: str):
+    """Composed and fully resolved config (the run directory stands in for Hydra's runtime value)."""
+    cfg = compose("config", overrides=[*overrides, "paths.output_dir=/tmp/run"])
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+def test_the_groups_users_are_promised_exist():
+    assert {"ankh_base", "ankh_large", "ankh2_large", "ankh3_large", "ankh3_xl", "ankh_tiny"} <= set(options("model"))
+    assert set(options("finetune")) == {"frozen", "full", "lora", "partial"}
+    assert {"cpu", "gpu", "ddp", "fsdp"} <= set(options("trainer"))
+    assert {"wandb", "csv", "tensorboard"} <= set(options("logger"))
+    assert "quickstart" in options("experiment") and "optuna" in options("hparams_search")
+
+
+def test_every_task_model_finetune_combination_composes():
+    tasks, models, modes = options("task"), options("model"), options("finetune")
+    assert len(tasks) >= 12
+    for task, model, mode in itertools.product(tasks, models, modes):
+        cfg = resolved(f"task={task}", f"model={model}", f"finetune={mode}")
+        spec = TaskSpec.from_config(cfg.task)
+        assert cfg.finetune.mode == mode and cfg.model.preset == model
+        assert cfg.trainer.precision == cfg.model.precision
+        assert cfg.callbacks.model_checkpoint.monitor == spec.monitor
+        assert spec.monitor.startswith("val/")
+
+
+def test_every_head_builds_for_every_task_level_or_names_the_mismatch():
+    heads = {head: OmegaConf.to_container(resolved(f"head={head}").head) for head in options("head")}
+    for task in options("task"):
+        spec = TaskSpec.from_config(resolved(f"task={task}").task)
+        if spec.kind == "masked_lm":
+            continue
+        level = "residue" if spec.residue_level else "sequence"
+        for head, head_cfg in heads.items():
+            head_cfg = {**head_cfg, "num_heads": 2} if "num_heads" in head_cfg else head_cfg
+            if head in ("auto", "convbert") or (head in ("linear", "mlp")) == spec.residue_level:
+                assert build_task_head(spec, head_cfg, d_model=16) is not None
+            else:
+                with pytest.raises(ValueError, match=f"unknown {level} head '{head}'"):
+                    build_task_head(spec, head_cfg, d_model=16)
+
+
+def test_quickstart_optuna_and_strategies_compose():
+    quick = resolved("experiment=quickstart")
+    assert quick.task.name == "ss3_local" and quick.model.preset == "ankh_tiny" and quick.trainer.accelerator == "cpu"
+    assert quick.trainer.max_time == "00:00:03:00"
+    search = compose("config", overrides=["hparams_search=optuna", "paths.output_dir=/tmp/run"], return_hydra_config=True)
+    assert search.finetune.mode == "lora" and search.optimized_metric == search.task.monitor
+    assert set(search.hydra.sweeper.params) == {"optim.lr", "finetune.r"}
+    fsdp = instantiate(resolved("trainer=fsdp").trainer.strategy)
+    from fastankh.modeling_fastankh import FastAnkhBlock
+
+    assert FastAnkhBlock in fsdp.kwargs["auto_wrap_policy"]._module_classes
+    wandb = instantiate(resolved("logger=wandb", "logger.wandb.offline=true").logger.wandb)
+    assert wandb._offline and wandb._wandb_init["name"] == "ss3_local-ankh_tiny-full"
+
+
+def test_a_wrong_key_is_an_error():
+    for override in ("trainer.max_epoch=3", "finetune.rank=8", "head.drop=0.1"):
+        with pytest.raises(ConfigCompositionException, match="Could not override"):
+            compose("config", overrides=[override])
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_cfg_job_for_a_large_lora_run_and_a_one_line_error_for_a_bad_key():
+    shown = run_cli("task=secondary_structure", "model=ankh3_large", "finetune=lora", "--cfg", "job", "--resolve")
+    assert shown.returncode == 0, shown.stderr
+    cfg = OmegaConf.create(shown.stdout)
+    assert cfg.model.precision == cfg.trainer.precision == "bf16-mixed"
+    assert cfg.model.attn_backend == "flex"
+    assert list(cfg.finetune.target_modules) == ["q", "k", "v", "o"]
+    bad = run_cli("trainer.max_epoch=3")
+    assert bad.returncode == 1
+    assert bad.stderr.splitlines()[0] == "Could not override 'trainer.max_epoch'."
+    assert "Traceback" not in bad.stderr
