@@ -24,9 +24,10 @@ from omegaconf import open_dict
 from safetensors.torch import load_file
 
 from fastankh import FastAnkhConfig, FastAnkhModel, load_tokenizer, prefix_length
-from tasks.export import export_checkpoint, push_folder
+from tasks.export import Run, build_task_model, export_checkpoint, push_folder, task_config
 from tasks.module import FineTuneModule
 from tests.fastankh.test_model import BLOCK_FASTANKH
+from tests.tasks.synthetic import make_batch, make_module
 
 REPO = Path(__file__).resolve().parents[2]
 # One encoder block, one epoch, a dozen short chains: seconds per run.
@@ -231,3 +232,25 @@ def test_push_folder_creates_the_repo_and_uploads(monkeypatch, tmp_path):
     assert url.endswith("/commit/abc")
     assert calls[1] == ("create_repo", "org/name", {"private": True, "exist_ok": True, "repo_type": "model"})
     assert calls[2][1]["repo_id"] == "org/name" and calls[2][1]["folder_path"] == str(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "kind, head",
+    [("residue_classification", "mlp"), ("residue_regression", "linear"), ("sequence_classification", "max"),
+     ("sequence_multilabel", "attention"), ("sequence_regression", "mean")],
+)
+def test_task_model_logits_and_loss_equal_the_module(kind, head):
+    """Every task kind: the exported class computes the module's logits and loss from ids alone."""
+    module = make_module(kind, head={"name": head, "dropout": 0.0}).eval()
+    run = Run(module, Path("unused.ckpt"), config=None, test_metrics=None)
+    model = build_task_model(run, task_config(run, load_tokenizer("ankh_tiny")))
+    batch = make_batch(module.task, [7, 3, 5])
+    with torch.no_grad():
+        expected = module(batch)
+        expected_loss, _ = module.loss(expected, batch)
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+    logits = out.logits.squeeze(-1) if module.task.regression else out.logits
+    if module.task.residue_level:
+        logits, expected = logits[batch["residue_mask"]], expected[batch["residue_mask"]]
+    torch.testing.assert_close(logits, expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(out.loss, expected_loss, atol=1e-6, rtol=1e-6)
