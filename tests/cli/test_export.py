@@ -94,6 +94,12 @@ def exports(runs) -> dict[str, Path]:
     }
 
 
+def usage_code(folder: Path) -> str:
+    """The python block of the folder's README "How to use" section."""
+    card = (folder / "README.md").read_text()
+    return card.split("## How to use")[1].split("```python\n")[1].split("```")[0]
+
+
 def lightning_logits(checkpoint: Path, sequences: list[str]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """(batch, logits) of the Lightning module on `sequences`, residue_mask as the data module builds it."""
     module = FineTuneModule.load_from_checkpoint(checkpoint, map_location="cpu").eval()
@@ -146,12 +152,10 @@ def test_exports_equal_lightning_in_a_python_without_fastankh(runs, exports, tmp
     sequence_batch, sequence_expected = lightning_logits(best_checkpoint(runs["sequence"]), sequences)
     assert torch.equal(residue_batch["input_ids"], sequence_batch["input_ids"])
     torch.save({"sequences": sequences, "input_ids": residue_batch["input_ids"]}, tmp_path / "inputs.pt")
+    # Each folder is loaded by the "How to use" code of its own model card, run as written.
+    usage = {key: usage_code(exports[key]) for key in ("residue", "sequence", "adapter")}
     script = BLOCK_FASTANKH + textwrap.dedent(f"""
         import torch
-        from peft import PeftModel
-        from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification,
-                                  AutoTokenizer)
-        from transformers.dynamic_module_utils import get_class_from_dynamic_module
         for name in ("fastankh", "tasks"):
             try:
                 __import__(name)
@@ -160,21 +164,15 @@ def test_exports_equal_lightning_in_a_python_without_fastankh(runs, exports, tmp
                 pass
         x = torch.load({str(tmp_path / 'inputs.pt')!r})
         out = {{}}
-        for key, folder, auto in (("residue", {str(exports['residue'])!r}, AutoModelForTokenClassification),
-                                  ("sequence", {str(exports['sequence'])!r}, AutoModelForSequenceClassification)):
-            model = auto.from_pretrained(folder, trust_remote_code=True).eval()
-            assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
-            batch = AutoTokenizer.from_pretrained(folder)(x["sequences"], padding=True, return_tensors="pt")
+        for key, code in {usage!r}.items():
+            card = {{}}
+            exec(code, card)
+            model, tokenizer = card["model"], card["tokenizer"]
+            assert type(model.get_base_model() if key == "adapter" else model).__module__.startswith("transformers_modules")
+            batch = tokenizer(x["sequences"], padding=True, return_tensors="pt")
             assert torch.equal(batch["input_ids"], x["input_ids"]), "exported tokenizer gives other ids"
             with torch.no_grad():
                 out[key] = model(**batch).logits
-        folder = {str(exports['adapter'])!r}
-        config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
-        model_class = get_class_from_dynamic_module(config.auto_map["AutoModelForSequenceClassification"], folder)
-        base = model_class.from_pretrained(config.base_model_name_or_path, config=config)
-        model = PeftModel.from_pretrained(base, folder).eval()
-        with torch.no_grad():
-            out["adapter"] = model(**batch).logits
         torch.save(out, {str(tmp_path / 'out.pt')!r})
     """)
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules")}
