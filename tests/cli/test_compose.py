@@ -101,7 +101,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_cli_cfg_job_for_a_large_lora_run_and_a_one_line_error_for_a_bad_key():
-    shown = run_cli("task=secondary_structure", "model=ankh3_large", "finetune=lora", "--cfg", "job", "--resolve")
+    shown = run_cli("task=secondary_structure", "model=ankh3_large", "finetune=lora", "--cfg", "job")
     assert shown.returncode == 0, shown.stderr
     cfg = OmegaConf.create(shown.stdout)
     assert cfg.model.precision == cfg.trainer.precision == "bf16-mixed"

@@ -5,9 +5,12 @@ and DDP with two CPU processes."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
+import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -15,7 +18,9 @@ import torch
 from hydra import compose, initialize_config_dir
 
 import train
-from fastankh import FastAnkhModel
+from fastankh import FastAnkhModel, load_tokenizer
+from tasks.data import TaskDataModule
+from tasks.spec import TaskSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
@@ -135,3 +140,24 @@ def test_ddp_with_two_cpu_processes(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert (out / "train_ddp_process_1.log").exists()  # the second rank really ran
     assert "q3" in metrics_of(out)["test"]
+
+
+@pytest.mark.skipif(not os.environ.get("FASTANKH_SLOW_TESTS"), reason="about 4 minutes; set FASTANKH_SLOW_TESTS=1")
+def test_quickstart_finishes_in_5_minutes_and_beats_the_majority_class(tmp_path):
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=quickstart"])
+    data = TaskDataModule(TaskSpec.from_config(cfg.task), load_tokenizer("ankh_tiny"), seed=cfg.seed)
+    data.setup()
+    counted = [label for labels, keep in zip(data.splits["test"]["labels"], data.splits["test"]["label_mask"])
+               for label, k in zip(labels, keep) if k]
+    majority = Counter(counted).most_common(1)[0][1] / len(counted)
+    start = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "train.py", "experiment=quickstart", f"hydra.run.dir={tmp_path}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=400,
+    )
+    elapsed = time.monotonic() - start
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "test metrics" in done.stdout
+    assert elapsed <= 300, elapsed
+    assert metrics_of(tmp_path)["test"]["q3"] >= majority + 0.05, (metrics_of(tmp_path), majority)
