@@ -14,22 +14,25 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
-import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 import tasks.schema  # noqa: F401  (registers the task schema conf/config.yaml names)
-from fastankh import load_tokenizer
-from tasks.backbone import load_backbone, tokenizer_source
-from tasks.data import TaskDataModule
-from tasks.module import FineTuneModule
-from tasks.outputs import print_metrics, save_backbone, write_config, write_metrics
 from tasks.spec import TaskSpec
-from tasks.trainer import best_checkpoint, build_trainer, sweep_score
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """Returns cfg.optimized_metric (the best validation value) for hyperparameter sweeps."""
+    # Imported here so --help, --cfg and config errors answer without loading torch.
+    import lightning as L
+
+    from fastankh import load_tokenizer
+    from tasks.backbone import load_backbone, tokenizer_source
+    from tasks.data import TaskDataModule
+    from tasks.module import FineTuneModule
+    from tasks.outputs import print_metrics, save_backbone, write_config, write_metrics
+    from tasks.trainer import best_checkpoint, build_trainer, sweep_score
+
     L.seed_everything(cfg.seed, workers=True)
     out = Path(cfg.paths.output_dir)
     write_config(cfg, out / "config.yaml")

@@ -17,6 +17,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+import tasks.backbone
 import train
 from fastankh import FastAnkhModel, load_tokenizer
 from tasks.data import TaskDataModule
@@ -122,7 +123,7 @@ def test_bad_data_stops_before_any_model_is_built(tmp_path, monkeypatch):
     rows = bad.read_text().splitlines()
     rows[7] = "weird,MKV1LL,1"  # data row 7: a digit is no residue
     bad.write_text("\n".join(rows) + "\n")
-    monkeypatch.setattr(train, "load_backbone", lambda *a, **k: pytest.fail("a model was built before validation"))
+    monkeypatch.setattr(tasks.backbone, "load_backbone", lambda *a, **k: pytest.fail("a model was built before validation"))
     with pytest.raises(ValueError) as err:
         run(tmp_path, "task=solubility_local", f"task.data.train={bad}")
     message = str(err.value)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import lightning as L
 import torch
 
+from fastankh import FastAnkhConfig, FastAnkhForMaskedLM, FastAnkhModel
+from tasks.module import FineTuneModule
 from tasks.spec import IGNORE_INDEX, TaskSpec
-
-RESIDUE_IDS = range(3, 23)  # the 20 standard residues in the ANKH v1 vocabulary
-
 
 def make_task(kind: str, num_classes: int = 3, **fields) -> TaskSpec:
     labels = None if kind.endswith("regression") or kind == "masked_lm" else [f"c{i}" for i in range(num_classes)]
@@ -21,7 +23,7 @@ def make_batch(task: TaskSpec, lengths: list[int], seed: int = 0, num_classes: i
     ids = torch.zeros(b, t, dtype=torch.long)
     residue_mask = torch.zeros(b, t, dtype=torch.bool)
     for i, n in enumerate(lengths):
-        ids[i, :n] = torch.randint(3, 23, (n,), generator=g)
+        ids[i, :n] = torch.randint(3, 23, (n,), generator=g)  # ids 3..22: the 20 standard residues (ANKH v1)
         ids[i, n] = 1
         residue_mask[i, :n] = True
     batch = {"input_ids": ids, "attention_mask": (ids != 0).long(), "residue_mask": residue_mask, "ids": [f"s{i}" for i in range(b)]}
@@ -58,11 +60,6 @@ FINETUNE = {
 
 def make_module(kind: str, mode: str = "full", num_layers: int = 2, head: dict | None = None, **kwargs):
     """FineTuneModule on a random tiny ANKH backbone (d_model 32) for a synthetic task of `kind`."""
-    import dataclasses
-
-    from fastankh import FastAnkhConfig, FastAnkhForMaskedLM, FastAnkhModel
-    from tasks.module import FineTuneModule
-
     torch.manual_seed(0)
     config = FastAnkhConfig.from_preset("ankh_tiny", d_model=32, d_kv=8, d_ff=64, num_layers=num_layers, num_heads=4)
     backbone = (FastAnkhForMaskedLM if kind == "masked_lm" else FastAnkhModel)(config)
@@ -76,8 +73,6 @@ def make_module(kind: str, mode: str = "full", num_layers: int = 2, head: dict |
 
 def fit(module, batches: list[dict], steps: int, val_batches: list[dict] | None = None, **trainer_kwargs):
     """Train `module` for `steps` optimizer steps on a fixed list of batches (Lightning, CPU, no logger)."""
-    import lightning as L
-
     loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False)
     trainer = L.Trainer(
         accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
