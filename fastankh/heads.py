@@ -25,7 +25,9 @@ POOLINGS = ("mean", "max", "attention")
 
 
 def _mlp(d_in: int, hidden_dim: int, d_out: int, dropout: float) -> nn.Sequential:
-    return nn.Sequential(nn.Dropout(dropout), nn.Linear(d_in, hidden_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden_dim, d_out))
+    return nn.Sequential(
+        nn.Dropout(dropout), nn.Linear(d_in, hidden_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden_dim, d_out)
+    )
 
 
 class LinearResidueHead(nn.Module):
@@ -71,7 +73,9 @@ class ConvBertLayer(nn.Module):
             raise ValueError(f"convbert num_heads={num_heads} must divide d_model={d_model}")
         self.attention = nn.MultiheadAttention(d_model, num_heads, dropout=dropout, batch_first=True)
         self.conv = nn.Conv1d(d_model, d_model, kernel_size, padding=kernel_size // 2, groups=d_model)
-        self.ffn = nn.Sequential(nn.Linear(d_model, hidden_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden_dim, d_model))
+        self.ffn = nn.Sequential(
+            nn.Linear(d_model, hidden_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden_dim, d_model)
+        )
         self.norms = nn.ModuleList(nn.LayerNorm(d_model) for _ in range(3))
         self.dropout = nn.Dropout(dropout)
 
@@ -101,8 +105,9 @@ class ConvBertResidueHead(nn.Module):
         dropout: float = 0.2,
     ):
         super().__init__()
+        hidden_dim = hidden_dim or d_model // 2
         self.layers = nn.ModuleList(
-            ConvBertLayer(d_model, hidden_dim or d_model // 2, num_heads, kernel_size, dropout) for _ in range(num_layers)
+            ConvBertLayer(d_model, hidden_dim, num_heads, kernel_size, dropout) for _ in range(num_layers)
         )
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(d_model, num_outputs)

@@ -30,7 +30,8 @@ class ParamCounts:
     total: int
 
     def __str__(self) -> str:
-        return f"trainable params {self.trainable:,} / {self.total:,} ({100 * self.trainable / max(self.total, 1):.2f}%)"
+        share = 100 * self.trainable / max(self.total, 1)
+        return f"trainable params {self.trainable:,} / {self.total:,} ({share:.2f}%)"
 
 
 def count_params(*modules: nn.Module) -> ParamCounts:

@@ -56,7 +56,9 @@ class FineTuneModule(L.LightningModule):
 
         if masked_lm:
             if head["name"] != "auto":
-                raise ValueError(f"task {self.task.name} trains the backbone's LM head; use head=auto, not {head['name']!r}")
+                raise ValueError(
+                    f"task {self.task.name} trains the backbone's LM head; use head=auto, not {head['name']!r}"
+                )
             self.head = LMHead(backbone.lm_head)
             backbone = backbone.model
         else:
@@ -68,13 +70,17 @@ class FineTuneModule(L.LightningModule):
 
         self.frozen = finetune["mode"] == "frozen"
         if finetune.get("cache_embeddings") and (not self.frozen or masked_lm):
-            raise ValueError("finetune.cache_embeddings needs finetune=frozen and a supervised task (inputs must not change)")
+            raise ValueError(
+                "finetune.cache_embeddings needs finetune=frozen and a supervised task (inputs must not change)"
+            )
         # token ids of one sequence (bytes) -> its last_hidden_state (T_i, D) on CPU; not saved in checkpoints
         self.embedding_cache: dict[bytes, torch.Tensor] | None = {} if finetune.get("cache_embeddings") else None
 
-        num_classes = backbone.config.vocab_size if masked_lm else (None if self.task.regression else len(self.task.labels))
-        self._num_classes = num_classes
-        self.val_metrics = TaskMetrics(self.task.kind, self.task.metrics, num_classes)
+        if masked_lm:
+            self._num_classes = backbone.config.vocab_size
+        else:
+            self._num_classes = None if self.task.regression else len(self.task.labels)
+        self.val_metrics = TaskMetrics(self.task.kind, self.task.metrics, self._num_classes)
         self.val_loss = MeanMetric()
         self.test_results: dict[str, dict[str, float]] = {}
 
@@ -188,7 +194,9 @@ class FineTuneModule(L.LightningModule):
     # ------------------------------------------------------------------ optimisation
     def on_fit_start(self) -> None:
         for logger in self.loggers:
-            logger.log_hyperparams({"params/trainable": self.param_counts.trainable, "params/total": self.param_counts.total})
+            logger.log_hyperparams(
+                {"params/trainable": self.param_counts.trainable, "params/total": self.param_counts.total}
+            )
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW: backbone at optim.lr, head at optim.head_lr; no weight decay on norms/biases."""
@@ -196,8 +204,9 @@ class FineTuneModule(L.LightningModule):
         groups = []
         for part, module, lr in (("backbone", self.backbone, o["lr"]), ("head", self.head, o["head_lr"])):
             params = [p for p in module.parameters() if p.requires_grad]
-            groups.append({"name": part, "params": [p for p in params if p.ndim >= 2], "lr": lr, "weight_decay": o["weight_decay"]})
-            groups.append({"name": f"{part}_no_decay", "params": [p for p in params if p.ndim < 2], "lr": lr, "weight_decay": 0.0})
+            decay, no_decay = [p for p in params if p.ndim >= 2], [p for p in params if p.ndim < 2]
+            groups.append({"name": part, "params": decay, "lr": lr, "weight_decay": o["weight_decay"]})
+            groups.append({"name": f"{part}_no_decay", "params": no_decay, "lr": lr, "weight_decay": 0.0})
         optimizer = torch.optim.AdamW([g for g in groups if g["params"]], betas=tuple(o["betas"]))
 
         total = self.trainer.estimated_stepping_batches

@@ -79,7 +79,7 @@ def test_quickstart_optuna_and_strategies_compose():
     quick = resolved("experiment=quickstart")
     assert quick.task.name == "ss3_local" and quick.model.preset == "ankh_tiny" and quick.trainer.accelerator == "cpu"
     assert quick.trainer.max_time == "00:00:03:00"
-    search = compose("config", overrides=["hparams_search=optuna", "paths.output_dir=/tmp/run"], return_hydra_config=True)
+    search = compose("config", overrides=["hparams_search=optuna"], return_hydra_config=True)
     assert search.finetune.mode == "lora" and search.optimized_metric == search.task.monitor
     assert set(search.hydra.sweeper.params) == {"optim.lr", "finetune.r"}
     fsdp = instantiate(resolved("trainer=fsdp").trainer.strategy)

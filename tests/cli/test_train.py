@@ -123,7 +123,10 @@ def test_bad_data_stops_before_any_model_is_built(tmp_path, monkeypatch):
     rows = bad.read_text().splitlines()
     rows[7] = "weird,MKV1LL,1"  # data row 7: a digit is no residue
     bad.write_text("\n".join(rows) + "\n")
-    monkeypatch.setattr(tasks.backbone, "load_backbone", lambda *a, **k: pytest.fail("a model was built before validation"))
+    def no_model(*args, **kwargs):
+        pytest.fail("a model was built before the data was validated")
+
+    monkeypatch.setattr(tasks.backbone, "load_backbone", no_model)
     with pytest.raises(ValueError) as err:
         run(tmp_path, "task=solubility_local", f"task.data.train={bad}")
     message = str(err.value)

@@ -26,7 +26,10 @@ def make_batch(task: TaskSpec, lengths: list[int], seed: int = 0, num_classes: i
         ids[i, :n] = torch.randint(3, 23, (n,), generator=g)  # ids 3..22: the 20 standard residues (ANKH v1)
         ids[i, n] = 1
         residue_mask[i, :n] = True
-    batch = {"input_ids": ids, "attention_mask": (ids != 0).long(), "residue_mask": residue_mask, "ids": [f"s{i}" for i in range(b)]}
+    batch = {
+        "input_ids": ids, "attention_mask": (ids != 0).long(), "residue_mask": residue_mask,
+        "ids": [f"s{i}" for i in range(b)],
+    }
     kind = task.kind
     if kind == "residue_classification":
         labels = torch.randint(0, num_classes, (b, t), generator=g)
@@ -49,7 +52,10 @@ def make_batch(task: TaskSpec, lengths: list[int], seed: int = 0, num_classes: i
     return batch
 
 
-OPTIM = dict(lr=1e-3, head_lr=1e-3, weight_decay=0.01, betas=[0.9, 0.999], scheduler="constant", warmup_ratio=0.0, warmup_steps=None)
+OPTIM = dict(
+    lr=1e-3, head_lr=1e-3, weight_decay=0.01, betas=[0.9, 0.999], scheduler="constant", warmup_ratio=0.0,
+    warmup_steps=None,
+)
 FINETUNE = {
     "frozen": {"mode": "frozen", "cache_embeddings": False},
     "full": {"mode": "full"},

@@ -41,8 +41,12 @@ def test_full_trains_every_parameter():
     assert module.param_counts.trainable == module.param_counts.total == count_params(module).total
 
 
+def partial(n: int) -> dict:
+    return {"mode": "partial", "trainable_layers": n}
+
+
 def test_partial_trains_the_last_blocks_and_final_norm(batches):
-    module = make_module("residue_classification", "partial", num_layers=3, finetune={"mode": "partial", "trainable_layers": 2})
+    module = make_module("residue_classification", "partial", num_layers=3, finetune=partial(2))
     trainable = {
         ".".join(n.split(".")[:3]) if n.startswith("encoder.layers.") else n
         for n, p in module.backbone.named_parameters()
@@ -55,7 +59,7 @@ def test_partial_trains_the_last_blocks_and_final_norm(batches):
         n for n, p in module.named_parameters() if n.startswith("backbone.") and p.requires_grad
     }
     with pytest.raises(ValueError, match="trainable_layers=4: the backbone has 3 blocks"):
-        make_module("residue_classification", "partial", num_layers=3, finetune={"mode": "partial", "trainable_layers": 4})
+        make_module("residue_classification", "partial", num_layers=3, finetune=partial(4))
 
 
 def test_lora_trains_only_adapters_and_head_and_base_weights_stay_bit_identical(batches):
@@ -86,7 +90,9 @@ def test_frozen_cache_runs_the_backbone_once_per_sequence_and_changes_nothing(ba
     cached = make_module("residue_classification", "frozen", finetune={"mode": "frozen", "cache_embeddings": True})
     plain = make_module("residue_classification", "frozen")
     sequences = []
-    cached.backbone.register_forward_hook(lambda m, args, kwargs, out: sequences.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    cached.backbone.register_forward_hook(
+        lambda m, args, kwargs, out: sequences.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
     cached.eval(), plain.eval()
     with torch.no_grad():
         for _ in range(2):  # two epochs over the same batches

@@ -59,7 +59,8 @@ def test_output_of_a_sequence_does_not_depend_on_its_batch(level, name, kwargs):
             alone = head(x[None], alone_mask)
             expected_shape = (1, x.shape[0], C) if level == "residue" else (1, C)
             assert alone.shape == expected_shape
-            torch.testing.assert_close(residues(batched[i : i + 1], mask[i : i + 1]), residues(alone, alone_mask), atol=1e-5, rtol=0)
+            in_batch = residues(batched[i : i + 1], mask[i : i + 1])
+            torch.testing.assert_close(in_batch, residues(alone, alone_mask), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("level,name,kwargs", HEADS, ids=IDS)

@@ -38,7 +38,8 @@ def test_short_training_logs_loss_and_the_kinds_metrics(kind, mode):
 
 
 def test_a_tiny_model_overfits_four_sequences():
-    module = make_module("residue_classification", "full", num_layers=2, optim={"lr": 3e-3, "head_lr": 3e-3, "weight_decay": 0.0})
+    optim = {"lr": 3e-3, "head_lr": 3e-3, "weight_decay": 0.0}
+    module = make_module("residue_classification", "full", num_layers=2, optim=optim)
     data = [make_batch(make_task("residue_classification"), [14, 9, 17, 6], seed=3)]
     module.eval()
     with torch.no_grad():
@@ -139,7 +140,8 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     batch = batches_for("residue_classification", 1)[0]
     grads = []
     for checkpointing in (False, True):
-        module = make_module("residue_classification", "full", num_layers=2, gradient_checkpointing=checkpointing).train()
+        module = make_module("residue_classification", "full", num_layers=2, gradient_checkpointing=checkpointing)
+        module.train()
         module.loss(module(batch), batch)[0].backward()
         grads.append({n: p.grad for n, p in module.named_parameters()})
     for name, grad in grads[0].items():
@@ -149,8 +151,11 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 def test_every_test_split_gets_its_metrics():
     module = make_module("sequence_multilabel", "full", num_layers=1)
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
-    loaders = [torch.utils.data.DataLoader(batches_for("sequence_multilabel", 1, lengths=ls), batch_size=None) for ls in ((5, 7), (9, 3, 4))]
+    loaders = [
+        torch.utils.data.DataLoader(batches_for("sequence_multilabel", 1, lengths=lengths), batch_size=None)
+        for lengths in ((5, 7), (9, 3, 4))
+    ]
     trainer.test(module, dataloaders=loaders, verbose=False)
     assert set(module.test_results) == {"test_0", "test_1"}
     assert set(module.test_results["test_1"]) == {"loss", "f1", "auroc"}
-    assert f"test/test_1/auroc" in trainer.callback_metrics
+    assert "test/test_1/auroc" in trainer.callback_metrics
