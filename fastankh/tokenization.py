@@ -33,7 +33,7 @@ import string
 import warnings
 from typing import Any
 
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, processors
 from transformers import PreTrainedConfig, PreTrainedTokenizerFast
 
 from .configuration_fastankh import PRESETS
@@ -70,7 +70,7 @@ def _is_markup(token: str) -> bool:
 def build_tokenizer(vocab: dict[str, int], nlu_prefix: bool | None = None) -> PreTrainedTokenizerFast:
     """ANKH tokenizer over `vocab` (token -> id; must hold <pad>, </s>, <unk>).
 
-    Single characters are residues (WordLevel, one per character); markup entries (`<...>`, `[...]`:
+    Single characters are residues (one token per character); markup entries (`<...>`, `[...]`:
     sentinels, [NLU], [S2S], <pad>, ...) are added special tokens matched whole. Other multi-character
     pieces a checkpoint may list keep their ids but are never produced. `nlu_prefix` (default: when
     the vocabulary has [NLU]) prepends [NLU] to every sequence.
@@ -83,14 +83,14 @@ def build_tokenizer(vocab: dict[str, int], nlu_prefix: bool | None = None) -> Pr
     elif nlu_prefix and NLU not in vocab:
         raise ValueError(f"nlu_prefix=True but the vocabulary has no {NLU} token")
 
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    # A BPE model without merges maps every character to its own id (unknown ones to <unk>, never
+    # fused) and needs no pre-tokenizer: 3-4x faster than WordLevel over per-character splits.
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=UNK, fuse_unk=False))
     # Stripping and uppercasing live in tokenizer.json so they travel with a saved checkpoint.
     tok.normalizer = normalizers.Sequence(
         [normalizers.Replace(Regex(r"\s+"), "")]
         + [normalizers.Replace(c, c.upper()) for c in string.ascii_lowercase]
     )
-    # WordLevel maps whole words: split every character off, or "MKT" would be one unknown word.
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     tok.decoder = decoders.Fuse()
     specials = sorted((t for t in vocab if _is_markup(t)), key=vocab.__getitem__)
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
