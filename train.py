@@ -3,6 +3,7 @@
     python train.py experiment=quickstart
     python train.py task=secondary_structure model=ankh3_large finetune=lora trainer=gpu logger=wandb
     python train.py -m finetune=frozen,lora          # a sweep; hparams_search=optuna for Optuna
+    python train.py task=ss3_local ckpt_path=last    # resume the newest run of the task (same overrides)
 
 Writes into the Hydra run directory: config.yaml (resolved), checkpoints/, test_metrics.json
 (split -> metric -> value), logger files, and for task=masked_lm the adapted backbone in backbone/
@@ -31,11 +32,20 @@ def main(cfg: DictConfig) -> float | None:
     from tasks.data import TaskDataModule
     from tasks.module import FineTuneModule
     from tasks.outputs import print_metrics, save_backbone, write_config, write_metrics
-    from tasks.trainer import best_checkpoint, build_trainer, sweep_score
+    from tasks.trainer import (
+        best_checkpoint,
+        build_trainer,
+        finish_loggers,
+        log_config,
+        log_test_tables,
+        resolve_ckpt_path,
+        sweep_score,
+    )
 
     L.seed_everything(cfg.seed, workers=True)
     out = Path(cfg.paths.output_dir)
     write_config(cfg, out / "config.yaml")
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, out)  # "last": newest last.ckpt of this or a sibling run
     task = TaskSpec.from_config(cfg.task)
     tokenizer = load_tokenizer(tokenizer_source(cfg.model))
     data = TaskDataModule(task, tokenizer, seed=cfg.seed, **cfg.data)
@@ -48,14 +58,17 @@ def main(cfg: DictConfig) -> float | None:
         label_mean=data.train_label_mean,
         gradient_checkpointing=cfg.model.gradient_checkpointing,
     )
-    trainer = build_trainer(cfg)
-    trainer.fit(module, datamodule=data, ckpt_path=cfg.ckpt_path)
+    trainer = build_trainer(cfg, ckpt_path)
+    log_config(trainer, cfg)
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     score = sweep_score(trainer, cfg.optimized_metric)
     trainer.test(module, datamodule=data, ckpt_path=best_checkpoint(trainer), verbose=False)
     print_metrics(module.test_results)
     write_metrics(module.test_results, out / "test_metrics.json")
+    log_test_tables(trainer, module.test_results)
     if task.kind == "masked_lm":
         save_backbone(module.backbone, tokenizer, out / "backbone")
+    finish_loggers(trainer)
     return score
 
 
