@@ -5,7 +5,6 @@ and DDP with two CPU processes."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
 import sys
@@ -146,7 +145,6 @@ def test_ddp_with_two_cpu_processes(tmp_path):
     assert "q3" in metrics_of(out)["test"]
 
 
-@pytest.mark.skipif(not os.environ.get("FASTANKH_SLOW_TESTS"), reason="about 4 minutes; set FASTANKH_SLOW_TESTS=1")
 def test_quickstart_finishes_in_5_minutes_and_beats_the_majority_class(tmp_path):
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["experiment=quickstart"])
