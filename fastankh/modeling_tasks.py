@@ -17,6 +17,8 @@ This file travels to the Hub as remote code: it imports only torch, transformers
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,7 +26,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassif
 
 from .configuration_fastankh import FastAnkhConfig
 from .heads import build_head
-from .modeling_fastankh import FastAnkhModel, FastAnkhPreTrainedModel
+from .modeling_fastankh import FastAnkhModel, FastAnkhPreTrainedModel, _checkpoint_model_type
 
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 
@@ -48,6 +50,19 @@ class _FastAnkhTaskModel(FastAnkhPreTrainedModel):
             **(getattr(config, "head_kwargs", None) or {}),
         )
         self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, config: FastAnkhConfig | None = None, **kwargs):
+        """A saved task model, or an encoder checkpoint (FastANKH, or original ElnaggarLab T5) whose head then
+        starts untrained, e.g. the base an adapter-only export loads onto. `config` sets labels and head."""
+        path = os.fspath(pretrained_model_name_or_path)
+        if _checkpoint_model_type(path, kwargs) != "t5":
+            return super().from_pretrained(path, *args, config=config, **kwargs)
+        # T5 conversion knows the encoder only; the head comes from `config`.
+        encoder = FastAnkhModel.from_pretrained(path, *args, **kwargs)
+        model = cls(config if config is not None else encoder.config)
+        model.model.load_state_dict(encoder.state_dict())
+        return model.to(encoder.dtype).eval()
 
     def _init_weights(self, module: nn.Module) -> None:
         """Head modules get PyTorch's default init (the encoder's own init runs in `self.model`)."""

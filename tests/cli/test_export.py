@@ -23,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 from safetensors.torch import load_file
 
-from fastankh import FastAnkhConfig, FastAnkhModel, load_tokenizer, prefix_length
+from fastankh import FastAnkhConfig, FastAnkhForSequenceClassification, FastAnkhModel, load_tokenizer, prefix_length
 from tasks.export import Run, build_task_model, export_checkpoint, push_folder, task_config
 from tasks.module import FineTuneModule
 from tests.fastankh.test_model import BLOCK_FASTANKH
@@ -252,3 +252,15 @@ def test_task_model_logits_and_loss_equal_the_module(kind, head):
         logits, expected = logits[batch["residue_mask"]], expected[batch["residue_mask"]]
     torch.testing.assert_close(logits, expected, atol=1e-6, rtol=0)
     torch.testing.assert_close(out.loss, expected_loss, atol=1e-6, rtol=1e-6)
+
+
+def test_task_model_loads_an_original_t5_checkpoint_as_its_encoder(t5_checkpoint):
+    """The base of an adapter-only export may be an ElnaggarLab T5 checkpoint: encoder converted, head fresh."""
+    path = t5_checkpoint("ankh_base")
+    encoder = FastAnkhModel.from_pretrained(path)
+    config = FastAnkhConfig.from_dict(encoder.config.to_dict())
+    config.id2label, config.head_name = {0: "no", 1: "yes"}, "attention"
+    model = FastAnkhForSequenceClassification.from_pretrained(path, config=config)
+    assert model.config.num_labels == 2 and type(model.head.pool.score) is torch.nn.Linear
+    for name, weight in encoder.state_dict().items():
+        assert torch.equal(model.model.state_dict()[name], weight), name
