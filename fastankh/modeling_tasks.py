@@ -87,7 +87,8 @@ class _FastAnkhTaskModel(FastAnkhPreTrainedModel):
             return self.config.problem_type
         if self.config.num_labels == 1:
             return "regression"
-        return "single_label_classification" if labels.dtype in (torch.long, torch.int) else "multi_label_classification"
+        integral = labels.dtype in (torch.long, torch.int)
+        return "single_label_classification" if integral else "multi_label_classification"
 
     def _logits(
         self,

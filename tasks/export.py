@@ -261,7 +261,9 @@ def model_card(run: Run, config: FastAnkhConfig, base_model: str | None, adapter
         "return_tensors=\"pt\")\nlogits = model(**batch).logits\n```\n\nSequences are raw residue strings "
         "(one letter per residue); the tokenizer appends `</s>` (ANKH3: also prepends `[NLU]`). "
         "Per-residue outputs are meaningful at residue tokens only (not `[NLU]`, `</s>` or padding).",
-        "## Training config\n\n```yaml\n" + (yaml.safe_dump(training, sort_keys=False) if training else "# not found\n") + "```",
+        "## Training config\n\n```yaml\n"
+        + (yaml.safe_dump(training, sort_keys=False) if training else "# not found\n")
+        + "```",
         "## Citation\n\n```bibtex\n" + CITATION + "\n```",
     ]
     return "\n\n".join(sections) + "\n"

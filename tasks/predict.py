@@ -64,8 +64,12 @@ def read_records(path: str | os.PathLike, id_column: str = "id", sequence_column
         raise DataError(f"{path}: input must be FASTA ({', '.join(FASTA_SUFFIXES)}) or {', '.join(TABLE_READERS)}")
     frame = TABLE_READERS[suffix](path)
     if sequence_column not in frame.columns:
-        raise DataError(f"{path}: no column '{sequence_column}' (sequence_column); columns are: {', '.join(map(str, frame.columns))}")
-    ids = frame[id_column].astype(str).tolist() if id_column in frame.columns else [f"{path.stem}:{i}" for i in range(1, len(frame) + 1)]
+        columns = ", ".join(map(str, frame.columns))
+        raise DataError(f"{path}: no column '{sequence_column}' (sequence_column); columns are: {columns}")
+    if id_column in frame.columns:
+        ids = frame[id_column].astype(str).tolist()
+    else:
+        ids = [f"{path.stem}:{i}" for i in range(1, len(frame) + 1)]
     sequences = ["" if pd.isna(s) else "".join(str(s).split()).upper() for s in frame[sequence_column].tolist()]
     return [Record(i, s) for i, s in zip(ids, sequences)]
 
@@ -78,7 +82,8 @@ def check_records(records: Sequence[Record], source: str, max_length: int | None
         if not r.sequence:
             problem = "empty sequence"
         elif bad:
-            problem = f"unknown residue letter(s) {', '.join(map(repr, bad))} (allowed: 20 standard residues and X B O U Z)"
+            letters = ", ".join(map(repr, bad))
+            problem = f"unknown residue letter(s) {letters} (allowed: 20 standard residues and X B O U Z)"
         elif max_length is not None and len(r.sequence) > max_length:
             problem = f"{len(r.sequence)} residues > max_length={max_length}"
         else:
@@ -160,7 +165,9 @@ def _rows(kind: str, labels: list[str], logits: torch.Tensor, records: list[Reco
 
 
 @torch.inference_mode()
-def predict_records(model, tokenizer, kind: str, records: Sequence[Record], batch_size: int = 16, progress: bool = True) -> list[dict]:
+def predict_records(
+    model, tokenizer, kind: str, records: Sequence[Record], batch_size: int = 16, progress: bool = True
+) -> list[dict]:
     """Output rows (see the module docstring) for `records`, in their order; batches are length-sorted."""
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     prefix, device = prefix_length(tokenizer), next(model.parameters()).device
@@ -231,4 +238,7 @@ def predict_file(
     return problems
 
 
-__all__ = ["Record", "read_records", "check_records", "load_task_model", "predict_records", "predict_file", "task_kind", "write_table"]
+__all__ = [
+    "Record", "read_records", "check_records", "load_task_model", "predict_records", "predict_file", "task_kind",
+    "write_table",
+]

@@ -66,7 +66,8 @@ class EpochSeed(L.Callback):
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         if batch_idx == 0:
-            value = int(np.random.SeedSequence([self.seed, trainer.current_epoch, trainer.global_rank]).generate_state(1)[0])
+            key = [self.seed, trainer.current_epoch, trainer.global_rank]
+            value = int(np.random.SeedSequence(key).generate_state(1)[0])
             torch.manual_seed(value)
             np.random.seed(value)
             random.seed(value)
@@ -83,7 +84,8 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | os.PathLike) -> s
         return str(ckpt_path)
     output_dir = Path(output_dir)
     own = output_dir / "checkpoints" / "last.ckpt"
-    candidates = [own] if own.is_file() else sorted(output_dir.parent.glob("*/checkpoints/last.ckpt"), key=os.path.getmtime)
+    siblings = sorted(output_dir.parent.glob("*/checkpoints/last.ckpt"), key=os.path.getmtime)
+    candidates = [own] if own.is_file() else siblings
     if not candidates:
         raise FileNotFoundError(
             f"ckpt_path=last: no checkpoints/last.ckpt in {output_dir} or its sibling runs ({output_dir.parent}/*); "
@@ -116,8 +118,10 @@ def build_loggers(cfg: DictConfig, ckpt_path: str | None = None) -> list:
     for node in (cfg.get("logger") or {}).values():
         if node is None or "_target_" not in node:
             continue
-        wandb = node["_target_"].endswith("WandbLogger") and node.get("id") is None
-        loggers.append(instantiate(node, id=wandb_run_id(cfg.paths.output_dir, ckpt_path)) if wandb else instantiate(node))
+        if node["_target_"].endswith("WandbLogger") and node.get("id") is None:
+            loggers.append(instantiate(node, id=wandb_run_id(cfg.paths.output_dir, ckpt_path)))
+        else:
+            loggers.append(instantiate(node))
     return loggers
 
 

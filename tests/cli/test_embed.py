@@ -36,10 +36,9 @@ def residue_states(model: FastAnkhModel, sequence: str) -> torch.Tensor:
 
 def test_pooled_and_full_outputs(encoder_dir, tmp_path):
     write_fasta(tmp_path / "in.fasta", RECORDS)
-    run_cli("embed", [f"model={encoder_dir}", f"input={tmp_path / 'in.fasta'}", f"output={tmp_path / 'mean.safetensors'}",
-                      "progress=false", "batch_size=2"])
-    run_cli("embed", [f"model={encoder_dir}", f"input={tmp_path / 'in.fasta'}", f"output={tmp_path / 'full.safetensors'}",
-                      "progress=false", "full=true"])
+    common = [f"model={encoder_dir}", f"input={tmp_path / 'in.fasta'}", "progress=false"]
+    run_cli("embed", common + [f"output={tmp_path / 'mean.safetensors'}", "batch_size=2"])
+    run_cli("embed", common + [f"output={tmp_path / 'full.safetensors'}", "full=true"])
     pooled, full = load_file(tmp_path / "mean.safetensors"), load_file(tmp_path / "full.safetensors")
     assert set(pooled) == set(full) == set(RECORDS)
     model = FastAnkhModel.from_pretrained(encoder_dir).eval()
@@ -55,7 +54,8 @@ def test_rerun_resumes_and_embeds_only_new_records(encoder_dir, tmp_path, monkey
     write_fasta(tmp_path / "first.fasta", first)
     write_fasta(tmp_path / "all.fasta", RECORDS)
     output = tmp_path / "out.safetensors"
-    run_cli("embed", [f"model={encoder_dir}", f"input={tmp_path / 'first.fasta'}", f"output={output}", "progress=false"])
+    common = [f"model={encoder_dir}", f"output={output}", "progress=false"]
+    run_cli("embed", common + [f"input={tmp_path / 'first.fasta'}"])
     saved = load_file(output)
 
     embedded = []
@@ -67,7 +67,7 @@ def test_rerun_resumes_and_embeds_only_new_records(encoder_dir, tmp_path, monkey
         return model
 
     monkeypatch.setattr(embed, "load_encoder", counting_encoder)
-    run_cli("embed", [f"model={encoder_dir}", f"input={tmp_path / 'all.fasta'}", f"output={output}", "progress=false"])
+    run_cli("embed", common + [f"input={tmp_path / 'all.fasta'}"])
     assert sum(embedded) == len(RECORDS) - len(first)
     resumed = load_file(output)
     assert set(resumed) == set(RECORDS)

@@ -124,7 +124,8 @@ def test_export_writes_a_hub_folder(runs, exports):
     card = (folder / "README.md").read_text()
     metrics = json.loads((runs["residue"] / "test_metrics.json").read_text())
     assert f"{metrics['test']['q3']:.4f}" in card and "| test |" in card
-    for text in ("`H`, `E`, `C`", "ss3_local", "AutoModelForTokenClassification.from_pretrained", "trust_remote_code=True",
+    for text in ("`H`, `E`, `C`", "ss3_local", "AutoModelForTokenClassification.from_pretrained",
+                 "trust_remote_code=True",
                  "2301.06568", "2505.20052", "name: convbert"):
         assert text in card, text
     assert not [p for p in folder.parent.iterdir() if ".tmp-" in p.name]  # temp folders renamed or removed
@@ -168,7 +169,8 @@ def test_exports_equal_lightning_in_a_python_without_fastankh(runs, exports, tmp
             card = {{}}
             exec(code, card)
             model, tokenizer = card["model"], card["tokenizer"]
-            assert type(model.get_base_model() if key == "adapter" else model).__module__.startswith("transformers_modules")
+            remote = model.get_base_model() if key == "adapter" else model
+            assert type(remote).__module__.startswith("transformers_modules"), type(remote).__module__
             batch = tokenizer(x["sequences"], padding=True, return_tensors="pt")
             assert torch.equal(batch["input_ids"], x["input_ids"]), "exported tokenizer gives other ids"
             with torch.no_grad():
@@ -176,14 +178,17 @@ def test_exports_equal_lightning_in_a_python_without_fastankh(runs, exports, tmp
         torch.save(out, {str(tmp_path / 'out.pt')!r})
     """)
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     out = torch.load(tmp_path / "out.pt")
     residues = residue_batch["residue_mask"]
     assert (out["residue"][residues] - residue_expected[residues]).abs().max().item() <= 1e-5
     assert (out["sequence"] - sequence_expected).abs().max().item() <= 1e-5
     assert (out["adapter"] - sequence_expected).abs().max().item() <= 1e-5
-    assert residue_expected.shape == (len(sequences), residues.shape[1], 3) and sequence_expected.shape == (len(sequences), 2)
+    assert residue_expected.shape == (len(sequences), residues.shape[1], 3)
+    assert sequence_expected.shape == (len(sequences), 2)
 
 
 def test_export_errors_come_before_any_writing(runs, exports):

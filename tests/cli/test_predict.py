@@ -32,7 +32,8 @@ def models(tmp_path_factory):
     residue = train_run(root / "residue", ["task=ss3_local", f"task.data.train={root / 'ss.csv'}"])
     sequence = train_run(
         root / "sequence",
-        ["task=solubility_local", f"task.data.train={root / 'sol.csv'}", "finetune=lora", f"model.path={root / 'base'}"],
+        ["task=solubility_local", f"task.data.train={root / 'sol.csv'}", "finetune=lora",
+         f"model.path={root / 'base'}"],
     )
     return {
         "root": root,
@@ -52,7 +53,8 @@ def fasta_records() -> list[tuple[str, str]]:
 
 def test_fasta_rows_in_input_order_and_invalid_record_reported(models, fasta_records, tmp_path, capsys):
     write_fasta(tmp_path / "in.fasta", fasta_records)
-    run_cli("predict", [f"model={models['residue']}", f"input={tmp_path / 'in.fasta'}", f"output={tmp_path / 'out.csv'}",
+    run_cli("predict", [f"model={models['residue']}", f"input={tmp_path / 'in.fasta'}",
+                        f"output={tmp_path / 'out.csv'}",
                         "batch_size=8", "progress=false", "device=cpu"])
     assert "record 'bad_record': unknown residue letter(s) 'J'" in capsys.readouterr().err
     out = pd.read_csv(tmp_path / "out.csv", keep_default_na=False)
@@ -104,7 +106,8 @@ def test_sequence_task_csv_to_parquet_and_adapter_export_agree(models, tmp_path)
     merged, adapter = pd.read_parquet(tmp_path / "merged.parquet"), pd.read_parquet(tmp_path / "adapter.parquet")
     assert merged["id"].astype(str).tolist() == frame["id"].astype(str).tolist()
     assert set(merged["prediction"]) <= {"0", "1"}
-    torch.testing.assert_close(torch.tensor(merged["prob_0"] + merged["prob_1"]), torch.ones(len(merged), dtype=torch.float64))
+    total = torch.tensor(merged["prob_0"] + merged["prob_1"])
+    torch.testing.assert_close(total, torch.ones(len(merged), dtype=torch.float64))
     assert merged["prediction"].tolist() == adapter["prediction"].tolist()
     torch.testing.assert_close(torch.tensor(merged["prob_1"]), torch.tensor(adapter["prob_1"]), atol=1e-5, rtol=0)
 

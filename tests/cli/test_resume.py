@@ -90,9 +90,10 @@ def runs(tmp_path_factory) -> dict[str, Path]:
 def test_resumed_run_ends_like_the_uninterrupted_one(runs):
     assert list(val_rows(runs["interrupted"]).index) == [0]  # the interruption happened after epoch 0
     assert list(val_rows(runs["resumed"]).index) == [1]  # the resumed run trained epoch 1 only
-    pd.testing.assert_series_equal(val_rows(runs["resumed"]).loc[1], val_rows(runs["straight"]).loc[1], check_exact=True)
-    straight = json.loads((runs["straight"] / "test_metrics.json").read_text())
-    assert json.loads((runs["resumed"] / "test_metrics.json").read_text()) == straight
+    resumed, straight = val_rows(runs["resumed"]).loc[1], val_rows(runs["straight"]).loc[1]
+    pd.testing.assert_series_equal(resumed, straight, check_exact=True)
+    metrics = {name: json.loads((runs[name] / "test_metrics.json").read_text()) for name in ("straight", "resumed")}
+    assert metrics["resumed"] == metrics["straight"]
 
 
 def test_resumed_run_continues_the_wandb_run(runs):
