@@ -3,9 +3,11 @@
     python bench/backbone.py                         # CPU: ankh_base widths, 4 layers, batch 8
     python bench/backbone.py --device cuda --dtype bf16 --lengths 512 1024 2048 4096
 
-Every measurement runs in a fresh subprocess (so allocator caches of one run never hide the peak of
-the next). Peak memory is the growth during one step: CUDA max_memory_allocated, or on CPU the peak
-resident set (VmHWM, reset through /proc/self/clear_refs) above the resident set before the step.
+Every measurement runs in a fresh subprocess. Peak memory is the growth during one step after a
+warm-up: CUDA max_memory_allocated, or on CPU the peak resident set (VmHWM, reset through
+/proc/self/clear_refs) above the resident set before the step, measured in its own process where
+glibc returns every freed block of 64 KiB or more to the system (MALLOC_MMAP_THRESHOLD_), so memory
+freed by the warm-up cannot hide the peak; timings come from a process with the default allocator.
 A batch holds lengths spread over L/2..L, right padded, like a length-bucketed training batch.
 """
 
@@ -90,7 +92,7 @@ def measure(args) -> dict:
 
     step()  # warm-up (and flex compilation)
     times = []
-    for _ in range(args.reps):
+    for _ in range(args.reps if args.what == "time" else 0):
         t = time.perf_counter()
         step()
         times.append(time.perf_counter() - t)
@@ -105,16 +107,30 @@ def measure(args) -> dict:
             f.write("5")  # reset the peak resident set (VmHWM)
         step()
         peak = rss_kib("VmHWM") * 1024 - before
-    return {"seconds": statistics.median(times), "peak_bytes": max(peak, 0)}
+    return {"seconds": statistics.median(times) if times else None, "peak_bytes": max(peak, 0)}
 
 
 def run_one(args, impl: str, length: int, mode: str) -> dict | None:
+    """Median step time (one process) and peak memory growth (another process)."""
+    result = {}
+    for what in ("time", "memory"):
+        env = dict(os.environ)
+        if what == "memory" and args.device == "cpu":
+            env.update(MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
+        measured = _subprocess(args, impl, length, mode, what, env)
+        if measured is None:
+            return None
+        result["seconds" if what == "time" else "peak_bytes"] = measured["seconds" if what == "time" else "peak_bytes"]
+    return result
+
+
+def _subprocess(args, impl: str, length: int, mode: str, what: str, env: dict) -> dict | None:
     cmd = [
         sys.executable, __file__, "--_measure", "--ckpt", args.ckpt, "--impl", impl, "--length", str(length),
         "--mode", mode, "--batch", str(args.batch), "--reps", str(args.reps), "--device", args.device,
-        "--dtype", args.dtype, "--threads", str(args.threads),
+        "--dtype", args.dtype, "--threads", str(args.threads), "--what", what,
     ]
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["?"])[-1]
         print(f"  {impl} L={length} {mode}: skipped ({last[:120]})", file=sys.stderr)
@@ -139,6 +155,7 @@ def main() -> None:
     parser.add_argument("--impl", help=argparse.SUPPRESS)
     parser.add_argument("--length", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
+    parser.add_argument("--what", default="time", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._measure:
         print(json.dumps(measure(args)))
@@ -180,7 +197,7 @@ def main() -> None:
             f"{r['ref_seconds']*1e3:.0f}", f"{r['speedup']:.2f}x", f"{r['peak_mib']:.0f}", f"{r['ref_peak_mib']:.0f}",
             f"{r['memory_ratio']:.2f}x",
         )
-    Console().print(table)
+    Console(width=150).print(table)
     if args.json:
         tmp_path = args.json + ".tmp"
         with open(tmp_path, "w") as f:

@@ -323,7 +323,7 @@ class FastAnkhEncoder(nn.Module):
 
 class FastAnkhPreTrainedModel(PreTrainedModel):
     config_class = FastAnkhConfig
-    base_model_prefix = "fastankh"
+    base_model_prefix = "model"  # task and MaskedLM models hold the encoder as `self.model`
     supports_gradient_checkpointing = True
     _no_split_modules = ["FastAnkhBlock"]
     _supports_sdpa = True
@@ -425,8 +425,6 @@ class FastAnkhForMaskedLM(FastAnkhPreTrainedModel):
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.post_init()
         self.reset_lm_head()
-
-    base_model_prefix = "model"
 
     @torch.no_grad()
     def reset_lm_head(self) -> None:

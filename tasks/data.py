@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 
 from fastankh.tokenization import prefix_length
 
-from .data_batching import BucketBatchSampler, Collator, SeededSampler
+from .data_batching import BucketBatchSampler, Collator, EpochTaggedDataset, SeededSampler
 from .data_encoding import STANDARD_RESIDUES, encode
 from .data_sources import DataError, Table, carve, local_path, partition, read_source, split_name
 from .spec import TaskSpec
@@ -162,11 +162,14 @@ class TaskDataModule(L.LightningDataModule):
         dataset = self.splits[name]
         collate = self._collator()
         sampler = SeededSampler(len(dataset), shuffle=shuffle, seed=self.seed)
-        # Evaluation masks (masked_lm) stay at epoch 0 so validation numbers are comparable across epochs.
+        # Training masks (masked_lm) follow the epoch; evaluation masks stay at epoch 0 so validation
+        # numbers are comparable across epochs.
+        tag_epoch = shuffle and self.task.kind == "masked_lm"
         batch_sampler = BucketBatchSampler(
-            sampler, dataset["length"][:], self.batch_size, max_tokens=self.max_tokens,
-            on_epoch=collate.set_epoch if shuffle else None,
+            sampler, dataset["length"][:], self.batch_size, max_tokens=self.max_tokens, tag_epoch=tag_epoch
         )
+        if tag_epoch:
+            dataset = EpochTaggedDataset(dataset)
         return DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:

@@ -5,18 +5,20 @@ every epoch, so a resumed run sees the same batches as an uninterrupted one. Und
 sampler for a `DistributedSampler` (it passes it through our `sampler` argument and keeps the others);
 batches are then formed over the whole dataset exactly as on one process and dealt out round-robin, so
 every rank gets the same number of batches even with a token budget.
-The batch sampler tells `on_epoch` (the collator's `set_epoch`) which epoch it is planning, so masked-LM
-masks follow the epoch too; DataLoader workers are started after that, so they see it.
+Batches are planned lazily, on the first `next()`: Lightning may create the loader's iterator before it
+calls `set_epoch` (it does when resuming). With `tag_epoch`, each index is yielded as (index, epoch) and
+`EpochTaggedDataset` hands the epoch to the collator inside the sample, so masked-LM masks follow the epoch
+even in DataLoader workers, which are started before the epoch is known.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DistributedSampler, Sampler
+from torch.utils.data import BatchSampler, Dataset, DistributedSampler, Sampler
 
 from .spec import IGNORE_INDEX, TaskSpec
 
@@ -35,7 +37,7 @@ class SeededSampler(Sampler[int]):
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
-        return iter((permutation(self.n, self.seed, self.epoch) if self.shuffle else np.arange(self.n)).tolist())
+        yield from (permutation(self.n, self.seed, self.epoch) if self.shuffle else np.arange(self.n)).tolist()
 
     def __len__(self) -> int:
         return self.n
@@ -57,11 +59,11 @@ class BucketBatchSampler(BatchSampler):
         drop_last: bool = False,
         max_tokens: int | None = None,
         window: int = 50,
-        on_epoch: Callable[[int], None] | None = None,
+        tag_epoch: bool = False,
     ):
         super().__init__(sampler, batch_size, drop_last)
         self.lengths = np.asarray(lengths, dtype=np.int64)
-        self.max_tokens, self.window, self.on_epoch = max_tokens, window, on_epoch
+        self.max_tokens, self.window, self.tag_epoch = max_tokens, window, tag_epoch
         if max_tokens is not None and len(self.lengths) and self.lengths.max() > max_tokens:
             raise ValueError(
                 f"data.max_tokens={max_tokens} is below the longest sequence ({self.lengths.max()} tokens): "
@@ -109,8 +111,6 @@ class BucketBatchSampler(BatchSampler):
     def batches(self) -> list[list[int]]:
         """This rank's batches for the current epoch (cached until the epoch or sampler changes)."""
         order, shuffle, seed, epoch, rank, world = self._plan()
-        if self.on_epoch is not None:
-            self.on_epoch(epoch)
         key = (shuffle, seed, epoch, rank, world, id(self.sampler))
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1]
@@ -131,11 +131,32 @@ class BucketBatchSampler(BatchSampler):
         self._cache = (key, batches)
         return batches
 
-    def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.batches())
+    def __iter__(self) -> Iterator[list[int]] | Iterator[list[tuple[int, int]]]:
+        batches = self.batches()  # a generator body: runs on the first next(), after set_epoch
+        if not self.tag_epoch:
+            yield from batches
+            return
+        _, _, epoch, *_ = self._cache[0]  # the planning key of these batches
+        for batch in batches:
+            yield [(i, epoch) for i in batch]
 
     def __len__(self) -> int:
         return len(self.batches())
+
+
+class EpochTaggedDataset(Dataset):
+    """`dataset` indexed by (index, epoch) as `BucketBatchSampler(tag_epoch=True)` yields them; the
+    sample carries its epoch so the collator's masked-LM draw follows it, in workers too."""
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        index, epoch = key
+        return {**self.dataset[index], "epoch": epoch}
 
 
 class Collator:
@@ -143,8 +164,8 @@ class Collator:
 
     Samples carry `input_ids`, `id`, `index` and, by task kind, `labels` / `label_mask` (see
     tasks/data_encoding.py). Residue i of a sample sits at token `prefix + i`.
-    For masked_lm, `mask_token_id` and `residue_token_ids` set up `mask_tokens`, whose draw follows
-    `set_epoch` (left at 0 for evaluation, so validation masks never change).
+    For masked_lm, `mask_token_id` and `residue_token_ids` set up `mask_tokens`, whose draw follows the
+    samples' `epoch` (absent = 0 for evaluation, so validation masks never change).
     """
 
     def __init__(
@@ -158,10 +179,7 @@ class Collator:
     ):
         self.task, self.prefix, self.pad = task, prefix, pad_token_id
         self.mask_token_id, self.residue_token_ids = mask_token_id, list(residue_token_ids)
-        self.seed, self.epoch = seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.seed = seed
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         kind, b = self.task.kind, len(samples)
@@ -181,8 +199,8 @@ class Collator:
             "ids": [s["id"] for s in samples],
         }
         if kind == "masked_lm":
-            indices = [s["index"] for s in samples]
-            batch["input_ids"], batch["labels"] = self.mask_tokens(input_ids, residue_mask, indices, self.epoch)
+            draws = [(s["index"], s.get("epoch", 0)) for s in samples]
+            batch["input_ids"], batch["labels"] = self.mask_tokens(input_ids, residue_mask, draws)
             batch["label_mask"] = batch["labels"] != IGNORE_INDEX
         elif self.task.residue_level:
             dtype = torch.float32 if self.task.regression else torch.long
@@ -199,17 +217,17 @@ class Collator:
         return batch
 
     def mask_tokens(
-        self, input_ids: torch.Tensor, residue_mask: torch.Tensor, indices: list[int], epoch: int
+        self, input_ids: torch.Tensor, residue_mask: torch.Tensor, draws: list[tuple[int, int]]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """BERT corruption: (B, T) ids -> (corrupted ids, labels).
 
         In each sequence round(p * residues) residue tokens (at least one) are chosen; of those 80% become
         the mask token, 10% a random standard residue, 10% stay. Labels hold the original id at chosen
-        tokens and IGNORE_INDEX elsewhere; [NLU], </s> and padding are never chosen. The draw depends only
-        on (seed, epoch, sample index), not on batching or workers.
+        tokens and IGNORE_INDEX elsewhere; [NLU], </s> and padding are never chosen. `draws` holds each
+        row's (sample index, epoch): the draw depends only on them and the seed, not on batching or workers.
         """
         corrupted, labels = input_ids.clone(), torch.full_like(input_ids, IGNORE_INDEX)
-        for r, index in enumerate(indices):
+        for r, (index, epoch) in enumerate(draws):
             rng = np.random.default_rng([self.seed, epoch, index])
             positions = torch.nonzero(residue_mask[r]).flatten().numpy()
             k = max(1, round(self.task.data.mlm_probability * len(positions)))

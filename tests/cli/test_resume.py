@@ -82,11 +82,6 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     return {"straight": straight, "interrupted": interrupted, "resumed": resumed}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs tasks/data_batching.py BucketBatchSampler.__iter__ to be lazy (`yield from self.batches()`): "
-    "Lightning creates the first epoch's iterator before set_epoch, so a resumed run replays epoch 0's order",
-)
 def test_resumed_run_ends_like_the_uninterrupted_one(runs):
     assert list(val_rows(runs["interrupted"]).index) == [0]  # the interruption happened after epoch 0
     assert list(val_rows(runs["resumed"]).index) == [1]  # the resumed run trained epoch 1 only
