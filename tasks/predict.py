@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from fastankh.embedding import FASTA_SUFFIXES
 from fastankh.tokenization import prefix_length
 from tasks.data_encoding import ALLOWED_RESIDUES
 from tasks.data_sources import DataError
+from tasks.outputs import atomic_path
 
 TABLE_READERS = {".csv": pd.read_csv, ".tsv": lambda p: pd.read_csv(p, sep="\t"), ".parquet": pd.read_parquet}
 OUTPUT_SUFFIXES = (".csv", ".parquet")
@@ -189,16 +189,9 @@ def write_table(rows: list[dict], path: str | os.PathLike) -> None:
     path = Path(path)
     if path.suffix.lower() not in OUTPUT_SUFFIXES:
         raise DataError(f"{path}: output must end in {' or '.join(OUTPUT_SUFFIXES)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        frame = pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    with atomic_path(path) as tmp:
         frame.to_parquet(tmp, index=False) if path.suffix.lower() == ".parquet" else frame.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def predict_file(

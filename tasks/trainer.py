@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import random
 import secrets
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from tasks.outputs import write_text_atomic
+from tasks.outputs import atomic_path, write_text_atomic
 
 WANDB_ID_FILE = "wandb_run_id"
 
@@ -40,18 +39,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict, path: str | os.PathLike, storage_options=None) -> None:
         if "://" in str(path):  # remote storage: fsspec's upload is already all-or-nothing
             return super().save_checkpoint(checkpoint, path, storage_options)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
 
 
 class EpochSeed(L.Callback):
