@@ -30,6 +30,7 @@ def main(cfg: DictConfig) -> float | None:
     from fastankh import load_tokenizer
     from tasks.backbone import load_backbone, tokenizer_source
     from tasks.data import TaskDataModule
+    from tasks.data_sources import DataError
     from tasks.module import FineTuneModule
     from tasks.outputs import print_metrics, save_backbone, write_config, write_metrics
     from tasks.trainer import (
@@ -49,8 +50,11 @@ def main(cfg: DictConfig) -> float | None:
     task = TaskSpec.from_config(cfg.task)
     tokenizer = load_tokenizer(tokenizer_source(cfg.model))
     data = TaskDataModule(task, tokenizer, seed=cfg.seed, **cfg.data)
-    data.prepare_data()
-    data.setup("fit")  # reads and validates every split: bad data stops the run before a model exists
+    try:  # read and validate every split: bad data stops the run, in one line, before a model exists
+        data.prepare_data()
+        data.setup("fit")
+    except DataError as err:
+        raise SystemExit(f"error: {err}") from None
     groups = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("task", "head", "finetune", "optim")}
     module = FineTuneModule(
         **groups,

@@ -126,9 +126,9 @@ def test_bad_data_stops_before_any_model_is_built(tmp_path, monkeypatch):
         pytest.fail("a model was built before the data was validated")
 
     monkeypatch.setattr(tasks.backbone, "load_backbone", no_model)
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(SystemExit) as err:  # the CLI prints this one line and exits 1
         run(tmp_path, "task=solubility_local", f"task.data.train={bad}")
-    message = str(err.value)
+    message = str(err.value.code)
     assert "bad.csv" in message and "row 7" in message and "'1'" in message
     assert len(message.splitlines()) == 1
 
