@@ -254,13 +254,13 @@ class FastAnkhEncoder(nn.Module):
         """key_mask: (B, L) bool, True for real tokens."""
         b, length = key_mask.shape
         device = key_mask.device
+        token_index = None if bool(key_mask.all()) else key_mask.flatten().nonzero().squeeze(1)
         if backend == "sdpa":
             bias = self.position_bias.dense(length, device)  # (1, H, L, L)
-            if bool(key_mask.all()):
+            if token_index is None:
                 return AttentionInputs("sdpa", b, length, mask=bias.to(dtype))
             padding = torch.zeros(b, 1, 1, length, device=device, dtype=bias.dtype)
             padding.masked_fill_(~key_mask[:, None, None, :], torch.finfo(bias.dtype).min)
-            token_index = key_mask.flatten().nonzero().squeeze(1)
             return AttentionInputs("sdpa", b, length, token_index, mask=(bias + padding).to(dtype))
 
         from torch.nn.attention.flex_attention import create_block_mask
@@ -275,7 +275,6 @@ class FastAnkhEncoder(nn.Module):
             return key_mask[batch, kv_idx]
 
         block_mask = create_block_mask(mask_mod, b, None, length, length, device=device)
-        token_index = None if bool(key_mask.all()) else key_mask.flatten().nonzero().squeeze(1)
         return AttentionInputs("flex", b, length, token_index, score_mod=score_mod, block_mask=block_mask)
 
     def forward(
@@ -326,8 +325,6 @@ class FastAnkhPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"  # task and MaskedLM models hold the encoder as `self.model`
     supports_gradient_checkpointing = True
     _no_split_modules = ["FastAnkhBlock"]
-    _supports_sdpa = True
-    _supports_flex_attn = True
     # Original ElnaggarLab checkpoints are T5ForConditionalGeneration: decoder and lm_head are dropped.
     _keys_to_ignore_on_load_unexpected = [r"^decoder\.", r"^lm_head\."]
 
