@@ -34,7 +34,6 @@ PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_class
 class _FastAnkhTaskModel(FastAnkhPreTrainedModel):
     """Encoder `model` + task `head`; `head_level` ("residue" | "sequence") is set by the subclass."""
 
-    base_model_prefix = "model"  # so a plain FastAnkhModel checkpoint loads as this model's encoder
     head_level: str
 
     def __init__(self, config: FastAnkhConfig):
