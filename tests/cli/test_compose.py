@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
@@ -59,8 +60,17 @@ def test_every_task_model_finetune_combination_composes():
         assert spec.monitor.startswith("val/")
 
 
+def padded_batch(lengths: list[int], d_model: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hidden (B, T, D), residue_mask (B, T)) of right-padded rows: residue tokens, then </s> and padding."""
+    width = max(lengths) + 1
+    hidden = torch.randn(len(lengths), width, d_model, generator=torch.Generator().manual_seed(0))
+    residue_mask = torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
+    return hidden, residue_mask
+
+
 def test_every_head_builds_for_every_task_level_or_names_the_mismatch():
     heads = {head: OmegaConf.to_container(resolved(f"head={head}").head) for head in options("head")}
+    hidden, residue_mask = padded_batch([9, 4, 6])
     for task in options("task"):
         spec = TaskSpec.from_config(resolved(f"task={task}").task)
         if spec.kind == "masked_lm":
@@ -69,7 +79,16 @@ def test_every_head_builds_for_every_task_level_or_names_the_mismatch():
         for head, head_cfg in heads.items():
             head_cfg = {**head_cfg, "num_heads": 2} if "num_heads" in head_cfg else head_cfg
             if head in ("auto", "convbert") or (head in ("linear", "mlp")) == spec.residue_level:
-                assert build_task_head(spec, head_cfg, d_model=16) is not None
+                built = build_task_head(spec, head_cfg, d_model=16).eval()
+                with torch.no_grad():
+                    out = built(hidden, residue_mask)
+                    alone = built(hidden[1:2, :5], residue_mask[1:2, :5])  # row 1 unpadded: 4 residues + </s>
+                # one output per label (regression: a single value, which the module squeezes)
+                per_row = (hidden.shape[1], spec.num_outputs) if spec.residue_level else (spec.num_outputs,)
+                assert out.shape == (3, *per_row), (task, head, out.shape)
+                # padding must not leak into a row's residues or its pooled value
+                padded, unpadded = (out[1, :4], alone[0, :4]) if spec.residue_level else (out[1], alone[0])
+                torch.testing.assert_close(padded, unpadded, atol=1e-6, rtol=0, msg=f"{task} {head}")
             else:
                 with pytest.raises(ValueError, match=f"unknown {level} head '{head}'"):
                     build_task_head(spec, head_cfg, d_model=16)
