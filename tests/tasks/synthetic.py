@@ -11,6 +11,10 @@ from fastankh import FastAnkhConfig, FastAnkhForMaskedLM, FastAnkhModel
 from tasks.module import FineTuneModule
 from tasks.spec import IGNORE_INDEX, TaskSpec
 
+# The backbone of make_module: ankh_tiny (vocab 144, 64 relative-position buckets) at these widths.
+TINY = dict(d_model=32, d_kv=8, d_ff=64, num_heads=4)
+
+
 def make_task(kind: str, num_classes: int = 3, **fields) -> TaskSpec:
     labels = None if kind.endswith("regression") or kind == "masked_lm" else [f"c{i}" for i in range(num_classes)]
     return TaskSpec(name=f"synthetic_{kind}", kind=kind, data={}, labels=labels, **fields)
@@ -67,7 +71,7 @@ FINETUNE = {
 def make_module(kind: str, mode: str = "full", num_layers: int = 2, head: dict | None = None, **kwargs):
     """FineTuneModule on a random tiny ANKH backbone (d_model 32) for a synthetic task of `kind`."""
     torch.manual_seed(0)
-    config = FastAnkhConfig.from_preset("ankh_tiny", d_model=32, d_kv=8, d_ff=64, num_layers=num_layers, num_heads=4)
+    config = FastAnkhConfig.from_preset("ankh_tiny", num_layers=num_layers, **TINY)
     backbone = (FastAnkhForMaskedLM if kind == "masked_lm" else FastAnkhModel)(config)
     finetune = kwargs.pop("finetune", FINETUNE[mode])
     optim = {**OPTIM, **kwargs.pop("optim", {})}

@@ -4,9 +4,26 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
-from tests.tasks.synthetic import fit, make_batch, make_module, make_task
-from tasks.finetune import count_params
+import tasks.schema  # noqa: F401  (registers the task schema config.yaml composes, as train.py does)
+from tasks.data_sources import PROJECT_ROOT
+from tests.tasks.synthetic import FINETUNE, TINY, fit, make_batch, make_module, make_task
+
+# Parameter counts by hand from the shapes of make_module's backbone (ankh_tiny: vocab 144, 64 buckets).
+V, BUCKETS, C = 144, 64, 3
+D, FF, HEADS = TINY["d_model"], TINY["d_ff"], TINY["num_heads"]
+INNER = HEADS * TINY["d_kv"]
+BLOCK = 3 * D * INNER + INNER * D + 3 * D * FF + 2 * D  # q, k, v, o; wi_0, wi_1, wo; two RMSNorm weights
+
+
+def backbone_params(layers: int) -> int:
+    return V * D + BUCKETS * HEADS + layers * BLOCK + D  # embeddings, shared bias table, blocks, final norm
+
+
+LINEAR_HEAD = D * C + C  # head=auto for residue kinds
+MEAN_HEAD = D * (D // 2) + D // 2 + (D // 2) * C + C  # head=auto for sequence kinds: MLP D -> D/2 -> C
 
 
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -26,9 +43,8 @@ def batches() -> list[dict]:
 def test_frozen_trains_only_the_head_and_keeps_the_backbone_in_eval_mode(batches):
     module = make_module("residue_classification", "frozen")
     assert not any(p.requires_grad for p in module.backbone.parameters())
-    head_params = sum(p.numel() for p in module.head.parameters())
-    assert module.param_counts.trainable == head_params
-    assert module.param_counts.total == head_params + sum(p.numel() for p in module.backbone.parameters())
+    assert module.param_counts.trainable == LINEAR_HEAD
+    assert module.param_counts.total == LINEAR_HEAD + backbone_params(2)
     before = snapshot(module)
     fit(module, batches, steps=3)
     assert changed(before, module) == {n for n in before if n.startswith("head.")}
@@ -38,7 +54,8 @@ def test_frozen_trains_only_the_head_and_keeps_the_backbone_in_eval_mode(batches
 
 def test_full_trains_every_parameter():
     module = make_module("sequence_classification", "full")
-    assert module.param_counts.trainable == module.param_counts.total == count_params(module).total
+    assert module.param_counts.trainable == module.param_counts.total == MEAN_HEAD + backbone_params(2)
+    assert all(p.requires_grad for p in module.parameters())
 
 
 def partial(n: int) -> dict:
@@ -47,6 +64,8 @@ def partial(n: int) -> dict:
 
 def test_partial_trains_the_last_blocks_and_final_norm(batches):
     module = make_module("residue_classification", "partial", num_layers=3, finetune=partial(2))
+    assert module.param_counts.trainable == LINEAR_HEAD + 2 * BLOCK + D
+    assert module.param_counts.total == LINEAR_HEAD + backbone_params(3)
     trainable = {
         ".".join(n.split(".")[:3]) if n.startswith("encoder.layers.") else n
         for n, p in module.backbone.named_parameters()
@@ -64,6 +83,10 @@ def test_partial_trains_the_last_blocks_and_final_norm(batches):
 
 def test_lora_trains_only_adapters_and_head_and_base_weights_stay_bit_identical(batches):
     module = make_module("residue_classification", "lora")
+    r = FINETUNE["lora"]["r"]
+    adapters = 2 * 4 * r * (D + INNER)  # 2 layers x q, k, v, o: A (r x in) + B (out x r)
+    assert module.param_counts.trainable == LINEAR_HEAD + adapters
+    assert module.param_counts.total == LINEAR_HEAD + adapters + backbone_params(2)
     before = snapshot(module)
     fit(module, batches, steps=4)
     moved = changed(before, module)
@@ -74,6 +97,19 @@ def test_lora_trains_only_adapters_and_head_and_base_weights_stay_bit_identical(
     assert base and not (base & moved)  # every base weight (embeddings, q/k/v/o, FFN, norms) untouched
     wrapped = {n.rsplit(".", 1)[0].split(".")[-1] for n, _ in module.backbone.named_modules() if n.endswith("lora_A")}
     assert wrapped == {"q", "k", "v", "o"}  # "o" does not also catch "wo"
+
+
+def test_default_lora_config_adapts_q_k_v_o_of_every_block():
+    """README: finetune=lora puts adapters on every block's attention q, k, v and o, and on nothing else."""
+    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        finetune = OmegaConf.to_container(compose("config", overrides=["finetune=lora"]).finetune)
+    module = make_module("sequence_classification", "lora", num_layers=3, finetune=finetune)
+    wrapped = {
+        name.removeprefix("base_model.model.").removesuffix(".lora_A")
+        for name, _ in module.backbone.named_modules()
+        if name.endswith(".lora_A")
+    }
+    assert wrapped == {f"encoder.layers.{i}.attention.{linear}" for i in range(3) for linear in ("q", "k", "v", "o")}
 
 
 def test_lora_on_the_ffn_and_targets_that_match_nothing():
