@@ -11,6 +11,7 @@ from scipy.stats import spearmanr
 
 from tasks.metrics import TaskMetrics, default_metrics
 from tasks.module import FineTuneModule
+from tasks.spec import IGNORE_INDEX
 from tests.tasks.synthetic import fit, make_batch, make_module, make_task
 
 KINDS = [
@@ -55,24 +56,32 @@ def test_a_tiny_model_overfits_four_sequences():
 def test_loss_counts_only_labelled_positions(kind):
     module = make_module(kind, "full", num_layers=1).eval()
     batch = make_batch(make_task(kind), [9, 4, 6], seed=1)
-    counted = batch["labels"] != -100 if kind == "masked_lm" else batch["label_mask"]
+    if kind != "masked_lm":  # residues without a label (e.g. no coordinates), encoded as the data module does
+        batch["label_mask"][0, 2:5] = False
+        batch["label_mask"][2, 0] = False
+        batch["labels"][~batch["label_mask"]] = IGNORE_INDEX if kind == "residue_classification" else 0.0
+    counted = batch["labels"] != IGNORE_INDEX if kind == "masked_lm" else batch["label_mask"]
     with torch.no_grad():
         logits = module(batch)
         loss, n = module.loss(logits, batch)
-        noisy = dict(batch, labels=batch["labels"].clone())
-        noisy["labels"][~counted] = 1 if kind != "residue_regression" else 123.0
-        if kind == "masked_lm":  # for MLM the -100s ARE the mask: keep them, the labels elsewhere
-            noisy = batch
-        assert module.loss(logits, noisy)[0] == loss
+        noisy_logits = logits.clone()
+        noisy_logits[~counted] += 7.0  # predictions where nothing counts must not move the loss
+        assert module.loss(noisy_logits, batch)[0] == loss
+        if kind != "masked_lm":  # for MLM the -100s ARE the mask: no label there to change
+            noisy = dict(batch, labels=batch["labels"].clone())
+            noisy["labels"][~counted] = 1 if kind == "residue_classification" else 123.0
+            assert module.loss(logits, noisy)[0] == loss
     assert n == int(counted.sum())
+    if kind != "masked_lm":
+        assert n == 9 + 4 + 6 - 4  # residues minus the four without a label
     per_position = []
     for i in range(logits.shape[0]):
         for t in range(logits.shape[1]):
             if counted[i, t]:
                 if kind == "residue_regression":
                     per_position.append((logits[i, t] - batch["labels"][i, t]) ** 2)
-                else:
-                    per_position.append(F.cross_entropy(logits[i, t][None], batch["labels"][i, t][None]))
+                else:  # cross-entropy: log-sum-exp of the logits minus the label's logit
+                    per_position.append(torch.logsumexp(logits[i, t], 0) - logits[i, t, batch["labels"][i, t]])
     torch.testing.assert_close(loss, torch.stack(per_position).mean())
 
 
