@@ -19,8 +19,6 @@ import copy
 import json
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +34,7 @@ from fastankh.tokenization import prefix_length
 from tasks.backbone import tokenizer_source, weights_source
 from tasks.heads import head_spec
 from tasks.module import FineTuneModule
-from tasks.outputs import write_text_atomic
+from tasks.outputs import atomic_dir, write_text_atomic
 from tasks.spec import TaskSpec
 
 PROBE_SEQUENCES = ("MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ", "GSHMLEDPVNX", "ACDEFGHIKLMNPQRSTVWY")
@@ -270,17 +268,6 @@ def model_card(run: Run, config: FastAnkhConfig, base_model: str | None, adapter
 
 
 # ------------------------------------------------------------------------------------------ folders
-def _replace_dir(tmp: Path, target: Path) -> None:
-    """Move the finished `tmp` to `target`; an existing `target` is renamed aside first and then removed."""
-    old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f"{target.name}.old-"))
-        os.replace(target, old / target.name)
-    os.replace(tmp, target)
-    if old is not None:
-        shutil.rmtree(old)
-
-
 def export_checkpoint(
     checkpoint: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -312,9 +299,7 @@ def export_checkpoint(
 
     tokenizer = run_tokenizer(run)
     config = task_config(run, tokenizer)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f"{output_dir.name}.tmp-"))
-    try:
+    with atomic_dir(output_dir) as tmp:
         if merge_lora:
             model = build_task_model(run, config, merge_lora=True)
             check_same_predictions(run, model, tokenizer)
@@ -331,10 +316,6 @@ def export_checkpoint(
         tokenizer.save_pretrained(tmp)
         card = model_card(run, config, base_model, adapter=not merge_lora, repo=repo_id or str(output_dir))
         write_text_atomic(tmp / "README.md", card)
-        _replace_dir(tmp, output_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return output_dir
 
 

@@ -1,6 +1,6 @@
 """What a run leaves in its run directory: resolved config, test_metrics.json, the metrics table,
-and (masked_lm) the adapted backbone. Every file is written atomically (temp file + os.replace)
-and only by the rank-0 process.
+and (masked_lm) the adapted backbone. Every file is written atomically (temp file + os.replace), every
+folder under a temp name and swapped into place (`atomic_dir`), and only by the rank-0 process.
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -27,15 +28,49 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     when it fails, so a reader sees the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    tmp.touch(exist_ok=False)  # the umask's permissions, as a plain open() gives (mkstemp: owner only)
     try:
-        yield Path(tmp)
+        yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Move the finished folder `new` to `target`. An existing `target` is renamed aside first (put back if
+    the move fails) and removed only once the new folder is in place, so the old one is never lost."""
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f"{target.name}.old-"))
+        os.replace(target, old / target.name)
+    try:
+        os.replace(new, target)
+    except BaseException:
+        if old is not None:
+            os.replace(old / target.name, target)
+            old.rmdir()
+        raise
+    if old is not None:
+        shutil.rmtree(old)
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """A temp folder beside `path` (`<name>.tmp-*`): put in place of `path` by `replace_dir` when the block
+    succeeds, removed when it fails, so a crash while writing leaves the previous folder as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f"{path.name}.tmp-{secrets.token_hex(6)}"
+    tmp.mkdir()  # the umask's permissions (mkdtemp: owner only, which the renamed folder would keep)
+    try:
+        yield tmp
+        replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
@@ -75,20 +110,10 @@ def print_metrics(results: Mapping[str, Mapping[str, float]], title: str = "test
 
 @rank_zero_only
 def save_backbone(backbone: nn.Module, tokenizer, directory: str | os.PathLike) -> None:
-    """Save the backbone (LoRA merged in) and tokenizer as a checkpoint usable with model.path=DIR.
-
-    Written to a temporary sibling directory first and renamed into place.
-    """
-    directory = Path(directory)
+    """Save the backbone (LoRA merged in) and tokenizer as a checkpoint usable with model.path=DIR; an
+    existing DIR stays intact until the new one is complete (`atomic_dir`)."""
     if hasattr(backbone, "merge_and_unload"):  # peft: fold the adapters into the base weights
         backbone = copy.deepcopy(backbone).merge_and_unload()
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
-    try:
+    with atomic_dir(directory) as tmp:
         backbone.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -22,10 +23,15 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 from safetensors.torch import load_file
+from transformers import PreTrainedModel
 
-from fastankh import FastAnkhConfig, FastAnkhForSequenceClassification, FastAnkhModel, load_tokenizer, prefix_length
-from tasks.export import Run, build_task_model, export_checkpoint, push_folder, task_config
+from fastankh import (
+    FastAnkhConfig, FastAnkhForSequenceClassification, FastAnkhForTokenClassification, FastAnkhModel, load_tokenizer,
+    prefix_length,
+)
+from tasks.export import Run, build_task_model, export_checkpoint, task_config
 from tasks.module import FineTuneModule
+from tasks.predict import load_task_model
 from tests.fastankh.test_model import BLOCK_FASTANKH
 from tests.tasks.synthetic import make_batch, make_module
 
@@ -128,7 +134,6 @@ def test_export_writes_a_hub_folder(runs, exports):
                  "trust_remote_code=True",
                  "2301.06568", "2505.20052", "name: convbert"):
         assert text in card, text
-    assert not [p for p in folder.parent.iterdir() if ".tmp-" in p.name]  # temp folders renamed or removed
 
 
 def test_adapter_only_export_layout(runs, exports):
@@ -199,42 +204,85 @@ def test_export_errors_come_before_any_writing(runs, exports):
     assert not (runs["root"] / "nope").exists()
 
 
-def test_failed_export_leaves_the_previous_folder(runs, exports, monkeypatch):
-    import tasks.export
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
-    before = {p.name: p.read_bytes() for p in exports["residue"].iterdir()}
 
-    def broken_card(*args, **kwargs):
-        raise RuntimeError("disk full")
+class DiskFull(OSError):
+    pass
 
-    monkeypatch.setattr(tasks.export, "model_card", broken_card)
-    with pytest.raises(RuntimeError, match="disk full"):
+
+@pytest.mark.parametrize("crash", ["weights", "swap"])
+def test_a_crash_during_export_keeps_the_previous_folder(runs, exports, crash, monkeypatch):
+    """weights: save_pretrained writes half of model.safetensors, then fails; swap: renaming the finished
+    folder into place fails after the old one was moved aside."""
+    import tasks.outputs
+
+    before = snapshot(exports["residue"])
+    if crash == "weights":
+        def half_written(self, directory, **kwargs):
+            PreTrainedModel.save_pretrained(self, directory, **kwargs)
+            weights = Path(directory) / "model.safetensors"
+            weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+            raise DiskFull("no space left on device")
+
+        monkeypatch.setattr(FastAnkhForTokenClassification, "save_pretrained", half_written)
+    else:
+        replace = os.replace
+
+        def failing_replace(src, dst):
+            if ".tmp-" in Path(src).name:
+                raise DiskFull("rename failed")
+            replace(src, dst)
+
+        monkeypatch.setattr(tasks.outputs.os, "replace", failing_replace)
+    with pytest.raises(DiskFull):
         export_checkpoint(best_checkpoint(runs["residue"]), exports["residue"], overwrite=True)
-    assert {p.name: p.read_bytes() for p in exports["residue"].iterdir()} == before
+    assert snapshot(exports["residue"]) == before
     assert not [p for p in exports["residue"].parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
 
 
-def test_push_folder_creates_the_repo_and_uploads(monkeypatch, tmp_path):
+def test_cli_push_uploads_the_exported_folder(runs, tmp_path, monkeypatch):
+    """export.py push_to_hub=true: the repo is created with the requested visibility, and what is uploaded
+    is a folder that loads and gives the checkpoint's logits, with a card naming the repo."""
     import huggingface_hub
 
-    calls = []
+    calls, uploaded = [], tmp_path / "uploaded"
 
     class FakeApi:
         def __init__(self, token=None):
-            calls.append(("init", token))
+            pass
 
         def create_repo(self, repo_id, **kwargs):
             calls.append(("create_repo", repo_id, kwargs))
 
-        def upload_folder(self, **kwargs):
-            calls.append(("upload_folder", kwargs))
-            return "https://huggingface.co/org/name/commit/abc"
+        def upload_folder(self, repo_id, folder_path, **kwargs):
+            calls.append(("upload_folder", repo_id))
+            shutil.copytree(folder_path, uploaded)  # what the Hub receives, as it was at upload time
+            return "https://huggingface.co/org/ankh-sol/commit/abc"
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
-    url = push_folder(tmp_path, "org/name", private=True, token="t")
-    assert url.endswith("/commit/abc")
-    assert calls[1] == ("create_repo", "org/name", {"private": True, "exist_ok": True, "repo_type": "model"})
-    assert calls[2][1]["repo_id"] == "org/name" and calls[2][1]["folder_path"] == str(tmp_path)
+    checkpoint, folder = best_checkpoint(runs["sequence"]), tmp_path / "to_push"
+    run_cli("export", [f"checkpoint={checkpoint}", f"output_dir={folder}", "push_to_hub=true",
+                       "repo_id=org/ankh-sol", "private=false"])
+    assert calls == [
+        ("create_repo", "org/ankh-sol", {"private": False, "exist_ok": True, "repo_type": "model"}),
+        ("upload_folder", "org/ankh-sol"),
+    ]
+    assert snapshot(uploaded) == snapshot(folder)
+    config = json.loads((uploaded / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForSequenceClassification"] == "modeling_tasks.FastAnkhForSequenceClassification"
+    sequences = ["MKTAYIAKQRQISFVKSHFSRQ", "GSHMLE", "ACDEFGHIKLMNPQRSTVWY"]
+    batch, expected = lightning_logits(checkpoint, sequences)
+    model, _, kind = load_task_model(uploaded)
+    with torch.no_grad():
+        got = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert kind == "sequence_classification"
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    card = (uploaded / "README.md").read_text()
+    metrics = json.loads((runs["sequence"] / "test_metrics.json").read_text())
+    assert 'from_pretrained("org/ankh-sol", trust_remote_code=True)' in card
+    assert f"{metrics['test']['accuracy']:.4f}" in card
 
 
 @pytest.mark.parametrize(
