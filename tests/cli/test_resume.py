@@ -129,9 +129,22 @@ def test_checkpoints_are_replaced_atomically_in_their_own_folder(tmp_path, monke
         def __reduce__(self):
             raise RuntimeError("crash while writing")
 
+    good = path.read_bytes()
     with pytest.raises(RuntimeError, match="crash while writing"):
         io.save_checkpoint({"step": 3, "bad": Unpicklable()}, path)
-    assert torch.load(path)["step"] == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+    assert path.read_bytes() == good and sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+    save = torch.save
+
+    def half_then_crash(obj, f):  # the process dies with half of the new checkpoint on disk
+        save(obj, f)
+        Path(f).write_bytes(Path(f).read_bytes()[: Path(f).stat().st_size // 2])
+        raise OSError("killed mid-write")
+
+    monkeypatch.setattr(tasks.trainer.torch, "save", half_then_crash)
+    with pytest.raises(OSError, match="killed mid-write"):
+        io.save_checkpoint({"step": 4, "weights": torch.zeros(1000)}, path)
+    assert path.read_bytes() == good and sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
 
 
 def test_build_trainer_uses_atomic_checkpoints(runs):
