@@ -411,8 +411,8 @@ def test_mlm_masking_proportions_and_specials_untouched(mlm_data, ankh3_tok):
 def test_mlm_masks_are_deterministic_per_epoch_and_fixed_for_validation(mlm_data):
     dm, _ = mlm_data
 
-    def masks(loader_fn, epoch, workers=0):
-        dm.num_workers = workers
+    def masks(loader_fn, epoch, workers=0, batch_size=16):
+        dm.num_workers, dm.batch_size = workers, batch_size
         loader = loader_fn()
         _set_sampler_epoch(loader, epoch)
         # unpadded rows: padding width depends on batch composition, masks must not
@@ -420,14 +420,16 @@ def test_mlm_masks_are_deterministic_per_epoch_and_fixed_for_validation(mlm_data
         for b in loader:
             for i, ids, n in zip(b["ids"], b["input_ids"].tolist(), b["attention_mask"].sum(1)):
                 out[i] = ids[:n]
-        dm.num_workers = 0
+        dm.num_workers, dm.batch_size = 0, 16
         return out
 
     epoch2 = masks(dm.train_dataloader, 2)
     assert epoch2 == masks(dm.train_dataloader, 2)
     assert epoch2 == masks(dm.train_dataloader, 2, workers=1)  # workers see the epoch too
+    assert epoch2 == masks(dm.train_dataloader, 2, batch_size=5)  # other batch mates, other padding
     assert epoch2 != masks(dm.train_dataloader, 3)
-    assert masks(dm.val_dataloader, 0) == masks(dm.val_dataloader, 7)
+    val = masks(dm.val_dataloader, 0)
+    assert val == masks(dm.val_dataloader, 7) == masks(dm.val_dataloader, 0, batch_size=5)
 
 
 # ------------------------------------------------------------------------------------------ module API
