@@ -4,23 +4,29 @@ and DDP with two CPU processes."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
+import lightning as L
+import pandas as pd
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 import tasks.backbone
 import train
 from fastankh import FastAnkhModel, load_tokenizer
+from tasks.backbone import tokenizer_source
 from tasks.data import TaskDataModule
+from tasks.module import FineTuneModule
 from tasks.spec import TaskSpec
+from tests.cli.test_export import short_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
@@ -46,6 +52,20 @@ def metrics_of(out: Path) -> dict:
     return json.loads((out / "test_metrics.json").read_text())
 
 
+def only_epoch_checkpoint(out: Path) -> Path:
+    (path,) = (out / "checkpoints").glob("epoch*.ckpt")
+    return path
+
+
+def run_data(out: Path) -> TaskDataModule:
+    """The data module of a finished run, rebuilt from its saved config.yaml."""
+    cfg = OmegaConf.load(out / "config.yaml")
+    tokenizer = load_tokenizer(tokenizer_source(cfg.model))
+    data = TaskDataModule(TaskSpec.from_config(cfg.task), tokenizer, seed=cfg.seed, **cfg.data)
+    data.setup()
+    return data
+
+
 def write_sequences(path: Path, count: int, label, seed: int = 0) -> Path:
     rng = random.Random(seed)
     rows = ["id,sequence,label"]
@@ -60,11 +80,21 @@ def test_residue_classification_frozen_with_cache_writes_table_json_and_config(t
     results = metrics_of(out)
     assert set(results) == {"test"}
     assert {"q3", "per_protein_accuracy", "mcc", "f1", "loss"} <= set(results["test"])
-    assert 0.0 <= results["test"]["q3"] <= 1.0
     assert "test metrics" in capsys.readouterr().out
     saved = (out / "config.yaml").read_text()
     assert "${" not in saved and "cache_embeddings: true" in saved
-    assert not list(out.glob(".*.tmp"))  # atomic writes leave no temp files
+    # The reported scores, recomputed by hand from the best checkpoint without the embedding cache on the
+    # batches the run tested (limit_test_batches=2).
+    module = FineTuneModule.load_from_checkpoint(only_epoch_checkpoint(out), map_location="cpu").eval()
+    module.embedding_cache = None
+    correct, total, per_protein = 0, 0, []
+    for batch in itertools.islice(run_data(out).test_dataloader()[0], 2):
+        with torch.no_grad():
+            hits = (module(batch).argmax(-1) == batch["labels"]) & batch["label_mask"]
+        correct, total = correct + int(hits.sum()), total + int(batch["label_mask"].sum())
+        per_protein += (hits.sum(1) / batch["label_mask"].sum(1)).tolist()
+    assert results["test"]["q3"] == pytest.approx(correct / total, abs=1e-6)
+    assert results["test"]["per_protein_accuracy"] == pytest.approx(sum(per_protein) / len(per_protein), abs=1e-6)
 
 
 def test_residue_regression_lora_and_local_test_files_named_by_stem(tmp_path):
@@ -133,19 +163,123 @@ def test_bad_data_stops_before_any_model_is_built(tmp_path, monkeypatch):
     assert len(message.splitlines()) == 1
 
 
-def test_ddp_with_two_cpu_processes(tmp_path):
-    out = tmp_path / "ddp"
-    cmd = [
-        sys.executable, "train.py", "task=ss3_local", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-        *TINY, f"hydra.run.dir={out}",
-    ]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert (out / "train_ddp_process_1.log").exists()  # the second rank really ran
-    assert "q3" in metrics_of(out)["test"]
+class RecordTrainBatches(L.Callback):
+    """Writes <directory>/rank<r>.json at the end of training: epoch -> record ids of the training batches
+    this process received, in order."""
+
+    def __init__(self, directory: str):
+        self.directory, self.seen = Path(directory), {}
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        self.seen.setdefault(trainer.current_epoch, []).extend(batch["ids"])
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / f"rank{trainer.global_rank}.json").write_text(json.dumps(self.seen))
 
 
-def test_quickstart_finishes_in_5_minutes_and_beats_the_majority_class(tmp_path):
+def batches_seen(out: Path) -> dict[int, dict[int, list[str]]]:
+    """rank -> epoch -> record ids, as RecordTrainBatches wrote them."""
+    return {
+        int(path.stem.removeprefix("rank")): {int(e): ids for e, ids in json.loads(path.read_text()).items()}
+        for path in (out / "batches").glob("rank*.json")
+    }
+
+
+def val_rows(out: Path) -> pd.DataFrame:
+    frame = pd.read_csv(out / "csv" / "metrics.csv")
+    return frame[frame["val/loss"].notna()].dropna(axis=1, how="all").set_index("epoch")
+
+
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory) -> dict[str, Path]:
+    """train.py with 2 CPU processes on 12 training, 6 validation (3 batches: one rank gets more) and 4 test
+    chains, 2 epochs: straight, stopped after epoch 1, and resumed from that with ckpt_path=last."""
+    root = tmp_path_factory.mktemp("ddp")
+    rows = short_rows("secondary_structure.csv", 22)
+    for name, part in (("train", rows[:12]), ("val", rows[12:18]), ("test", rows[18:])):
+        part.to_csv(root / f"{name}.csv", index=False)
+
+    def ddp(out: Path, *extra: str) -> Path:
+        cmd = [
+            sys.executable, "train.py", "task=ss3_local", "trainer=ddp", "trainer.accelerator=cpu",
+            "trainer.devices=2", *TINY, "trainer.max_epochs=2", "trainer.limit_train_batches=null",
+            "trainer.limit_val_batches=null", "trainer.limit_test_batches=null", "trainer.num_sanity_val_steps=0",
+            "data.batch_size=2", "head.dropout=0.3", f"task.data.train={root / 'train.csv'}",
+            f"task.data.val={root / 'val.csv'}", f"task.data.test=[{root / 'test.csv'}]", "task.data.test_fraction=0",
+            "+callbacks.record._target_=tests.cli.test_train.RecordTrainBatches",
+            f"+callbacks.record.directory={out / 'batches'}", *extra, f"hydra.run.dir={out}",
+        ]
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert (out / "train_ddp_process_1.log").exists()  # the second rank really ran
+        return out
+
+    stop = ["+callbacks.stop._target_=tests.cli.test_resume.StopAfterEpochs", "+callbacks.stop.epochs=1"]
+    return {
+        "root": root,
+        "straight": ddp(root / "reference" / "straight"),
+        "interrupted": ddp(root / "runs" / "interrupted", *stop),
+        # a new run directory beside the interrupted one: ckpt_path=last finds its checkpoints/last.ckpt
+        "resumed": ddp(root / "runs" / "resumed", "ckpt_path=last"),
+    }
+
+
+def test_ddp_ranks_train_on_disjoint_halves_of_the_training_set(ddp_runs):
+    train_ids = pd.read_csv(ddp_runs["root"] / "train.csv")["id"].tolist()
+    seen = batches_seen(ddp_runs["straight"])
+    assert set(seen) == {0, 1}
+    for epoch in (0, 1):
+        first, second = seen[0][epoch], seen[1][epoch]
+        assert len(first) == len(second) == len(train_ids) // 2, (epoch, first, second)
+        assert not set(first) & set(second), epoch
+        assert sorted(first + second) == sorted(train_ids), epoch
+    assert seen[0][0] != seen[0][1]  # reshuffled per epoch
+
+
+def single_process(out: Path, checkpoint: Path, stage: str) -> dict[str, float]:
+    """val/* of trainer.validate or the test split's metrics of trainer.test, one process, same data."""
+    module = FineTuneModule.load_from_checkpoint(checkpoint, map_location="cpu")
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    if stage == "validate":
+        return {k: float(v) for k, v in trainer.validate(module, datamodule=run_data(out), verbose=False)[0].items()}
+    trainer.test(module, datamodule=run_data(out), verbose=False)
+    return module.test_results["test"]
+
+
+def test_ddp_test_metrics_equal_one_process_on_the_same_data(ddp_runs):
+    """The test split has 2 batches, one per rank: the metrics must be reduced over both ranks."""
+    out = ddp_runs["straight"]
+    tested = single_process(out, only_epoch_checkpoint(out), "test")
+    assert metrics_of(out)["test"] == pytest.approx(tested, abs=1e-5)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known bug: BucketBatchSampler (tasks/data_batching.py) evens out an odd number of evaluation "
+    "batches by giving one rank a copy of the first batch, so DDP counts those chains twice",
+)
+def test_ddp_validation_metrics_equal_one_process_with_an_odd_batch_count(ddp_runs):
+    out = ddp_runs["straight"]
+    logged = val_rows(out).loc[1]  # the last epoch: the weights in last.ckpt
+    expected = single_process(out, out / "checkpoints" / "last.ckpt", "validate")
+    for name in ("val/q3", "val/per_protein_accuracy", "val/loss"):
+        assert logged[name] == pytest.approx(expected[name], abs=1e-5), name
+
+
+def test_ddp_resumed_run_ends_like_the_straight_run(ddp_runs):
+    straight, interrupted, resumed = (ddp_runs[k] for k in ("straight", "interrupted", "resumed"))
+    assert list(val_rows(interrupted).index) == [0] and list(val_rows(resumed).index) == [1]
+    pd.testing.assert_series_equal(val_rows(resumed).loc[1], val_rows(straight).loc[1], check_exact=True)
+    assert metrics_of(resumed) == metrics_of(straight)
+    # each rank got the same epoch-1 batches as in the uninterrupted run
+    assert {r: epochs[1] for r, epochs in batches_seen(resumed).items()} == {
+        r: epochs[1] for r, epochs in batches_seen(straight).items()
+    }
+
+
+def test_quickstart_beats_the_majority_class(tmp_path):
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["experiment=quickstart"])
     data = TaskDataModule(TaskSpec.from_config(cfg.task), load_tokenizer("ankh_tiny"), seed=cfg.seed)
@@ -153,13 +287,10 @@ def test_quickstart_finishes_in_5_minutes_and_beats_the_majority_class(tmp_path)
     counted = [label for labels, keep in zip(data.splits["test"]["labels"], data.splits["test"]["label_mask"])
                for label, k in zip(labels, keep) if k]
     majority = Counter(counted).most_common(1)[0][1] / len(counted)
-    start = time.monotonic()
     done = subprocess.run(
         [sys.executable, "train.py", "experiment=quickstart", f"hydra.run.dir={tmp_path}"],
         cwd=ROOT, capture_output=True, text=True, timeout=400,
     )
-    elapsed = time.monotonic() - start
     assert done.returncode == 0, done.stderr[-3000:]
     assert "test metrics" in done.stdout
-    assert elapsed <= 300, elapsed
     assert metrics_of(tmp_path)["test"]["q3"] >= majority + 0.05, (metrics_of(tmp_path), majority)
