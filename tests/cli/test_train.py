@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import random
 import subprocess
 import sys
@@ -145,6 +146,41 @@ def test_masked_lm_saves_a_backbone_that_model_path_loads(tmp_path):
     torch.testing.assert_close(adapted.embed_tokens.weight, best["backbone.embed_tokens.weight"], atol=0, rtol=0)
     downstream = run(tmp_path / "next", "task=ss3_local", f"model.path={saved}")
     assert "q3" in metrics_of(downstream)["test"]
+
+
+def test_tensorboard_logger_writes_the_validation_and_test_metrics(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = run(tmp_path, "task=ss3_local", "logger=tensorboard")
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert {"val/q3", "val/loss", "train/loss", "test/test/q3"} <= set(events.Tags()["scalars"])
+    (q3,) = events.Scalars("val/q3")  # one epoch: the score the best checkpoint was chosen by
+    state = torch.load(only_epoch_checkpoint(out), weights_only=False)["callbacks"]
+    (best,) = [v["best_model_score"] for k, v in state.items() if k.startswith("ModelCheckpoint")]
+    assert q3.value == pytest.approx(float(best), abs=1e-6)
+    (tested,) = events.Scalars("test/test/q3")
+    assert tested.value == pytest.approx(metrics_of(out)["test"]["q3"], abs=1e-6)
+
+
+def test_cosine_schedule_follows_warmup_then_half_cosine(tmp_path):
+    """2 epochs x 3 batches = 6 optimizer steps, warmup_ratio 0.5 -> 3 warmup steps; the learning rate
+    each step ran with (LearningRateMonitor, logged before the step) against transformers' formula."""
+    out = run(tmp_path, "task=ss3_local", "optim.scheduler=cosine", "optim.warmup_ratio=0.5",
+              "trainer.max_epochs=2", "optim.lr=1e-4", "optim.head_lr=1e-3")
+    frame = pd.read_csv(out / "csv" / "metrics.csv")
+    total, warmup = 6, 3
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return step / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+
+    for column, base in (("lr-AdamW/backbone", 1e-4), ("lr-AdamW/head", 1e-3)):
+        logged = frame[frame[column].notna()].set_index("step")[column]
+        assert list(logged.index) == list(range(total)), column
+        expected = [base * factor(step) for step in range(total)]
+        assert logged.tolist() == pytest.approx(expected, rel=1e-6, abs=1e-12), column
 
 
 def test_bad_data_stops_before_any_model_is_built(tmp_path, monkeypatch):
