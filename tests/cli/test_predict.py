@@ -1,4 +1,4 @@
-"""predict.py on exported tiny models: input order, invalid records, per-kind output columns, adapters."""
+"""predict.py on exported tiny models: input order, invalid records, per-kind output columns and values, adapters."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import pytest
 import torch
 
 import tasks.predict
-from fastankh import FastAnkhConfig, FastAnkhModel, load_tokenizer
+from fastankh import FastAnkhConfig, FastAnkhModel, load_tokenizer, prefix_length
 from tasks.export import export_checkpoint
 from tasks.predict import load_task_model, predict_file
 from tests.cli.test_export import REPO, best_checkpoint, run_cli, short_rows, train_run
+from tests.cli.test_train import write_sequences
 
 
 def write_fasta(path, records: list[tuple[str, str]]) -> None:
@@ -128,3 +129,62 @@ def test_unsupported_output_suffix_is_refused_before_work(models, tmp_path):
 def test_tokenizer_of_export_matches_training_tokenizer(models):
     exported = load_tokenizer(models["residue"])
     assert exported("MKTAYX")["input_ids"] == load_tokenizer("ankh_tiny")("MKTAYX")["input_ids"]
+
+
+@pytest.fixture(scope="module")
+def kind_models(tmp_path_factory) -> dict[str, object]:
+    """Exports of tiny runs of the kinds without class probabilities per residue: residue regression (RSA),
+    sequence regression and sequence multilabel (random labels, enough to exercise the outputs)."""
+    root = tmp_path_factory.mktemp("kinds")
+    short_rows("rsa.csv", 12).to_csv(root / "rsa.csv", index=False)
+    values = write_sequences(root / "values.csv", 16, lambda r: f"{r.uniform(1, 4):.3f}")
+    multi = write_sequences(root / "multi.csv", 16, lambda r: '"' + ",".join(r.sample("abc", r.randint(1, 2))) + '"')
+    runs = {
+        "residue_regression": ["task=rsa_local", f"task.data.train={root / 'rsa.csv'}"],
+        "sequence_regression": [
+            "task=fluorescence", "task.data.hub_id=null", f"task.data.train={values}", "task.data.val=null",
+            "task.data.test=[]", "task.data.sequence_column=sequence", "task.data.label_column=label",
+            "task.data.id_column=id", "head=mean",
+        ],
+        "sequence_multilabel": [
+            "task=solubility_local", "task.kind=sequence_multilabel", "task.labels=[a,b,c]",
+            f"task.data.train={multi}", "task.metrics=[f1,auroc]", "task.monitor=val/f1", "head=max",
+        ],
+    }
+    return {
+        kind: export_checkpoint(best_checkpoint(train_run(root / kind, overrides)), root / f"{kind}_export")
+        for kind, overrides in runs.items()
+    }
+
+
+@pytest.mark.parametrize("kind", ["residue_regression", "sequence_regression", "sequence_multilabel"])
+def test_predict_columns_and_values_are_the_models_outputs(kind, kind_models, tmp_path):
+    """predict.py on each kind: the documented columns, and values equal to the exported model's outputs on
+    each sequence alone (the CLI batches 4 length-sorted sequences with padding)."""
+    frame = short_rows("secondary_structure.csv", 9)[["id", "sequence"]]
+    frame.to_csv(tmp_path / "in.csv", index=False)
+    run_cli("predict", [f"model={kind_models[kind]}", f"input={tmp_path / 'in.csv'}",
+                        f"output={tmp_path / 'out.csv'}", "batch_size=4", "progress=false", "device=cpu"])
+    out = pd.read_csv(tmp_path / "out.csv", keep_default_na=False)
+    labels = ["a", "b", "c"] if kind == "sequence_multilabel" else []
+    assert list(out.columns) == ["id", "sequence", "prediction", *(f"prob_{label}" for label in labels)]
+    assert out["id"].tolist() == frame["id"].tolist()
+
+    model, tokenizer, loaded_kind = load_task_model(kind_models[kind])
+    assert loaded_kind == kind
+    prefix = prefix_length(tokenizer)
+    for row, sequence in zip(out.itertuples(), frame["sequence"]):
+        with torch.no_grad():
+            logits = model(**tokenizer([sequence], return_tensors="pt")).logits[0]
+        if kind == "residue_regression":
+            values = torch.tensor([float(v) for v in row.prediction.split()])
+            expected = logits[prefix : prefix + len(sequence), 0]
+            assert len(values) == len(sequence)
+            torch.testing.assert_close(values, expected, atol=6e-5, rtol=0)  # written with 4 decimals
+        elif kind == "sequence_regression":
+            assert float(row.prediction) == pytest.approx(logits[0].item(), abs=1e-5)
+        else:
+            probs = logits.sigmoid()
+            got = torch.tensor([getattr(row, f"prob_{label}") for label in labels])
+            torch.testing.assert_close(got, probs, atol=1e-5, rtol=0)
+            assert row.prediction == ",".join(label for label, p in zip(labels, probs) if p >= 0.5)
