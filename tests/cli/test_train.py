@@ -1,6 +1,6 @@
 """train.py end to end on a tiny backbone: every task kind and every finetune mode, outputs in the run
-directory, local test files named by stem, masked_lm -> model.path, bad data stops before any model,
-and DDP with two CPU processes."""
+directory, local test files named by stem, masked_lm -> model.path, bad data stops before any model, the
+tensorboard logger, the cosine schedule, and DDP with two CPU processes (data split, metrics, resume)."""
 
 from __future__ import annotations
 
