@@ -10,6 +10,11 @@ from typing import Any
 from transformers import PreTrainedConfig
 
 ATTN_BACKENDS = ("sdpa", "flex", "kernels_flash")
+# Fields that fix what the weights mean: a checkpoint only loads with its own values of these.
+ARCHITECTURE_FIELDS = (
+    "vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads", "relative_attention_num_buckets",
+    "relative_attention_max_distance", "dense_act_fn", "feed_forward_proj",
+)
 
 # Shapes of the released ANKH encoders (see README "Models"). `hub_id` is the original
 # ElnaggarLab T5ForConditionalGeneration checkpoint that `from_pretrained` converts on the fly.
@@ -112,4 +117,4 @@ class FastAnkhConfig(PreTrainedConfig):
         return PRESETS[name]["hub_id"]
 
 
-__all__ = ["FastAnkhConfig", "PRESETS", "ATTN_BACKENDS"]
+__all__ = ["FastAnkhConfig", "PRESETS", "ATTN_BACKENDS", "ARCHITECTURE_FIELDS"]

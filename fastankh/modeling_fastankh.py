@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -29,7 +30,7 @@ from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput
 
-from .configuration_fastankh import FastAnkhConfig
+from .configuration_fastankh import ARCHITECTURE_FIELDS, FastAnkhConfig
 
 FLEX_BLOCK = 128  # flex pads lengths to a multiple of this so few shapes are ever compiled
 
@@ -320,6 +321,14 @@ class FastAnkhEncoder(nn.Module):
         return BaseModelOutput(last_hidden_state=hidden, hidden_states=tuple(all_hidden) if output_hidden_states else None)
 
 
+def _refuse_attentions(output_attentions: bool | None) -> None:
+    if output_attentions:
+        raise NotImplementedError(
+            "FastANKH never materialises attention maps (output_attentions=True); use transformers' "
+            "T5EncoderModel on the same checkpoint to inspect them"
+        )
+
+
 class FastAnkhPreTrainedModel(PreTrainedModel):
     config_class = FastAnkhConfig
     base_model_prefix = "model"  # task and MaskedLM models hold the encoder as `self.model`
@@ -352,24 +361,39 @@ class FastAnkhPreTrainedModel(PreTrainedModel):
 
         `pretrained_model_name_or_path`: local directory or hub id. T5 checkpoints
         (T5ForConditionalGeneration / T5EncoderModel) keep the encoder and shared embedding only.
-        `attn_backend` overrides the saved backend ("sdpa", "flex", "kernels_flash"); `device` moves
-        the loaded model there; `dtype` casts the weights.
+        Keyword arguments that name config fields override the checkpoint's config (`attn_backend`,
+        `dropout_rate`, ...); architecture fields (ARCHITECTURE_FIELDS) must equal the checkpoint's.
+        `device` moves the loaded model there; `dtype` casts the weights; other keyword arguments are
+        transformers' loading options (for T5 checkpoints: hub options, `config`, `device_map` as one
+        device and `output_loading_info`).
         """
+        if args:
+            raise TypeError(f"{cls.__name__}.from_pretrained takes one positional argument (the path), got {args!r}")
         path = os.fspath(pretrained_model_name_or_path)
         device = kwargs.pop("device", None)
-        source_type = _checkpoint_model_type(path, kwargs)
-        if source_type == "t5":
-            model = _from_t5_checkpoint(cls, path, **kwargs)
+        want_info = kwargs.pop("output_loading_info", False)
+        if attn_backend is not None:
+            kwargs["attn_backend"] = attn_backend
+        raw = _checkpoint_config(path, kwargs)
+        if raw is None:  # no config.json: transformers explains what is missing
+            return super().from_pretrained(path, output_loading_info=want_info, **kwargs)
+        is_t5 = raw.get("model_type") == "t5"
+        checkpoint = config_from_t5(raw) if is_t5 else cls.config_class.from_dict(raw)
+        config = kwargs.pop("config", None)
+        if isinstance(config, (str, os.PathLike)):
+            config = cls.config_class.from_pretrained(config)
+        # dtype / torch_dtype are config attributes too, but here they are loading options.
+        overrides = {k: kwargs.pop(k) for k in list(kwargs) if k not in _DTYPE_KWARGS and hasattr(checkpoint, k)}
+        config = _configured(config if config is not None else checkpoint, checkpoint, overrides, path)
+        if is_t5:
+            model, info = _from_t5_checkpoint(cls, path, config, kwargs)
         else:
-            want_info = kwargs.pop("output_loading_info", False)
-            model, info = super().from_pretrained(path, *args, output_loading_info=True, **kwargs)
+            model, info = super().from_pretrained(path, config=config, output_loading_info=True, **kwargs)
             if "lm_head.weight" in info["missing_keys"]:  # an encoder-only checkpoint into the MaskedLM
                 model.reset_lm_head()
-            if want_info:
-                return model, info
-        if attn_backend is not None:
-            model.config.attn_backend = attn_backend
-        return model if device is None else model.to(device)
+        if device is not None:
+            model.to(device)
+        return (model, info) if want_info else model
 
 
 class FastAnkhModel(FastAnkhPreTrainedModel):
@@ -393,14 +417,16 @@ class FastAnkhModel(FastAnkhPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         return_dict: bool | None = None,
-        **kwargs,
     ) -> BaseModelOutput:
         """input_ids: (B, L); attention_mask: (B, L) 1 = token, 0 = padding.
 
         Returns `last_hidden_state` (B, L, d_model) and, if asked, `hidden_states`: num_layers + 1
         tensors (embedding output, the input of each later block, the final normed output).
+        Attention maps are never materialised: `output_attentions=True` is an error.
         """
+        _refuse_attentions(output_attentions)
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         out = self.encoder(inputs_embeds, attention_mask, output_hidden_states=bool(output_hidden_states))
@@ -437,16 +463,18 @@ class FastAnkhForMaskedLM(FastAnkhPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         return_dict: bool | None = None,
-        **kwargs,
     ) -> MaskedLMOutput:
         """labels: (B, L) token ids, -100 where no loss is taken."""
+        _refuse_attentions(output_attentions)
         out = self.model(input_ids, attention_mask, output_hidden_states=output_hidden_states)
         logits = self.lm_head(out.last_hidden_state)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), labels.view(-1), ignore_index=-100)
-        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
+        out = MaskedLMOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
+        return out if return_dict is not False else out.to_tuple()
 
 
 # --------------------------------------------------------------------------------------------
@@ -455,7 +483,7 @@ class FastAnkhForMaskedLM(FastAnkhPreTrainedModel):
 T5_CONFIG_FIELDS = (
     "vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads", "relative_attention_num_buckets",
     "relative_attention_max_distance", "feed_forward_proj", "dense_act_fn", "layer_norm_epsilon",
-    "pad_token_id", "eos_token_id", "initializer_factor",
+    "dropout_rate", "pad_token_id", "eos_token_id", "initializer_factor",
 )
 
 
@@ -492,15 +520,32 @@ def convert_t5_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     return out
 
 
-def config_from_t5(t5_config: dict, **overrides) -> FastAnkhConfig:
+def config_from_t5(t5_config: dict) -> FastAnkhConfig:
     """FastAnkhConfig from an original T5 config.json dict."""
-    fields = {k: t5_config[k] for k in T5_CONFIG_FIELDS if t5_config.get(k) is not None}
-    fields.update({k: v for k, v in overrides.items() if k in FastAnkhConfig.__dataclass_fields__})
-    fields.setdefault("num_layers", t5_config.get("num_layers", 48))
-    return FastAnkhConfig(**fields)
+    return FastAnkhConfig(**{k: t5_config[k] for k in T5_CONFIG_FIELDS if t5_config.get(k) is not None})
+
+
+_DTYPE_KWARGS = ("dtype", "torch_dtype")
+
+
+def _configured(config: FastAnkhConfig, checkpoint: FastAnkhConfig, overrides: dict, path: str) -> FastAnkhConfig:
+    """A copy of `config` with `overrides` set (validated like a new config); its architecture must be the
+    checkpoint's, so that no asked value is dropped or silently met with random weights."""
+    config = type(config).from_dict({**config.to_dict(), **overrides})
+    for field in ARCHITECTURE_FIELDS:
+        asked, have = getattr(config, field), getattr(checkpoint, field)
+        if asked != have:
+            raise ValueError(f"{path}: {field}={asked!r} was asked but the checkpoint has {field}={have!r}")
+    for name, value in overrides.items():
+        if getattr(config, name) != value:  # e.g. tie_word_embeddings, which FastAnkhConfig pins to False
+            kept = getattr(config, name)
+            raise ValueError(f"{name}={value!r} cannot be set on a FastANKH config (it stays {kept!r})")
+    return config
 
 
 _HUB_KWARGS = ("revision", "token", "cache_dir", "force_download", "local_files_only")
+# What transformers' Auto classes add to every from_pretrained call; nothing to do for a T5 conversion.
+_AUTO_KWARGS = ("trust_remote_code", "adapter_kwargs", "_from_auto", "_from_pipeline")
 
 
 def _resolve_file(path: str, filename: str, kwargs: dict) -> str | None:
@@ -517,16 +562,22 @@ def _resolve_file(path: str, filename: str, kwargs: dict) -> str | None:
         return None
 
 
-def _checkpoint_model_type(path: str, kwargs: dict) -> str | None:
+def _checkpoint_config(path: str, kwargs: dict) -> dict | None:
+    """The checkpoint's config.json as a dict, None if it has none."""
     config_file = _resolve_file(path, "config.json", kwargs)
     if config_file is None:
         return None
     with open(config_file) as f:
-        return json.load(f).get("model_type")
+        return json.load(f)
 
 
-def _load_t5_state(path: str, kwargs: dict) -> dict[str, torch.Tensor]:
-    """Read the weights of a T5 checkpoint (safetensors or .bin, single or sharded)."""
+def _checkpoint_model_type(path: str, kwargs: dict) -> str | None:
+    raw = _checkpoint_config(path, kwargs)
+    return None if raw is None else raw.get("model_type")
+
+
+def _t5_weight_files(path: str, kwargs: dict) -> tuple[list[str], object]:
+    """The weight files of a T5 checkpoint (safetensors or .bin, single or sharded) and their loader."""
     from safetensors.torch import load_file
 
     for index_name, single, loader in (
@@ -537,28 +588,60 @@ def _load_t5_state(path: str, kwargs: dict) -> dict[str, torch.Tensor]:
         if index is not None:
             with open(index) as f:
                 shards = sorted(set(json.load(f)["weight_map"].values()))
-            state = {}
-            for shard in shards:
-                state.update(convert_t5_state_dict(loader(_resolve_file(path, shard, kwargs))))
-            return state
+            return [_resolve_file(path, shard, kwargs) for shard in shards], loader
         file = _resolve_file(path, single, kwargs)
         if file is not None:
-            return convert_t5_state_dict(loader(file))
+            return [file], loader
     raise FileNotFoundError(f"{path}: no model.safetensors or pytorch_model.bin (sharded or not) found")
 
 
-def _from_t5_checkpoint(cls, path: str, **kwargs) -> FastAnkhPreTrainedModel:
-    config = kwargs.pop("config", None)
-    dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
-    device = kwargs.pop("device_map", None)
-    if config is None:
-        with open(_resolve_file(path, "config.json", kwargs)) as f:
-            config = config_from_t5(json.load(f), **kwargs)
-    state = _load_t5_state(path, kwargs)
+def _load_t5_state(path: str, kwargs: dict, wanted: set[str], ignored: list[str]) -> tuple[dict, set[str]]:
+    """The checkpoint's tensors under the FastANKH names in `wanted` (shard by shard, so the decoder is never
+    all in memory), and the checkpoint keys that are neither used nor matched by an `ignored` regex."""
+    files, loader = _t5_weight_files(path, kwargs)
+    state, unexpected = {}, set()
+    for file in files:
+        for key, value in loader(file).items():
+            new = t5_key_to_fastankh(key)
+            if new in wanted:
+                state.setdefault(new, value)  # shared.weight and encoder.embed_tokens.weight are one tensor
+            elif new is not None or not any(re.search(pattern, key) for pattern in ignored):
+                unexpected.add(key)
+    return state, unexpected
+
+
+def _single_device(device_map) -> torch.device | None:
+    """`device_map` naming one device ("cpu", "cuda:0", 0, torch.device); a T5 conversion cannot split a model."""
+    if device_map is None:
+        return None
+    if isinstance(device_map, (str, int, torch.device)):
+        try:
+            return torch.device(device_map)
+        except RuntimeError:
+            pass
+    raise NotImplementedError(
+        f"device_map={device_map!r}: an original T5 checkpoint is converted onto one device; pass one "
+        "such as 'cpu' or 'cuda:0' (or load the converted FastANKH checkpoint for transformers' device maps)"
+    )
+
+
+def _from_t5_checkpoint(cls, path: str, config: FastAnkhConfig, kwargs: dict) -> tuple[FastAnkhPreTrainedModel, dict]:
+    """(model, loading info) from an original T5 checkpoint; `kwargs` are the remaining loading options."""
+    dtype, torch_dtype = kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None)
+    dtype = dtype if dtype is not None else torch_dtype
+    device = _single_device(kwargs.pop("device_map", None))
+    unsupported = sorted(set(kwargs) - set(_HUB_KWARGS) - set(_AUTO_KWARGS))
+    if unsupported:
+        raise TypeError(
+            f"{cls.__name__}.from_pretrained({path!r}): unexpected keyword arguments {unsupported} (not "
+            "FastAnkhConfig fields, nor loading options supported for an original T5 checkpoint)"
+        )
     with torch.device("meta"):
         model = cls(config)
     prefix = "" if isinstance(model, FastAnkhModel) else f"{model.base_model_prefix}."
     own = model.state_dict()
+    wanted = {k.removeprefix(prefix) for k in own}
+    state, unexpected = _load_t5_state(path, kwargs, wanted, cls._keys_to_ignore_on_load_unexpected)
     missing = [k for k in own if k.removeprefix(prefix) not in state and not k.startswith("lm_head")]
     if missing:
         raise ValueError(f"{path}: T5 checkpoint lacks {len(missing)} encoder weights, e.g. {missing[:3]}")
@@ -573,7 +656,14 @@ def _from_t5_checkpoint(cls, path: str, **kwargs) -> FastAnkhPreTrainedModel:
     model.config.name_or_path = path
     if device is not None:
         model.to(device)
-    return model.eval()
+    # Same fields as transformers' loading info; the MaskedLM head starts as a copy of the embedding.
+    info = {
+        "missing_keys": {k for k in own if k.startswith("lm_head")},
+        "unexpected_keys": unexpected,
+        "mismatched_keys": set(),
+        "error_msgs": [],
+    }
+    return model.eval(), info
 
 
 __all__ = [
