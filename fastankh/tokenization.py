@@ -116,12 +116,15 @@ def vocab_from_tokenizer_json(path: str) -> dict[str, int]:
     token -> id, Unigram lists [piece, score] by id); the file's pre-tokenizer and template are
     replaced by ours, and transformers' T5Tokenizer is never involved (see the module docstring).
     """
-    with open(path) as f:
-        data = json.load(f)
-    raw = data["model"]["vocab"]
-    vocab = {piece: i for i, (piece, _score) in enumerate(raw)} if isinstance(raw, list) else dict(raw)
-    for added in data.get("added_tokens", []):
-        vocab[added["content"]] = added["id"]
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        raw = data["model"]["vocab"]
+        vocab = {piece: i for i, (piece, _score) in enumerate(raw)} if isinstance(raw, list) else dict(raw)
+        for added in data.get("added_tokens", []):
+            vocab[added["content"]] = added["id"]
+    except (ValueError, KeyError, TypeError, AttributeError) as err:  # JSON syntax or layout
+        raise ValueError(f"{path}: not a readable {TOKENIZER_FILE} ({type(err).__name__}: {err})") from err
     if len(set(vocab.values())) != len(vocab):
         raise ValueError(f"{path}: two tokens share one id")
     return vocab
@@ -151,7 +154,8 @@ def _from_config(config: PreTrainedConfig, nlu_prefix: bool | None) -> PreTraine
     if vocab is None and _is_hub_id(source):
         try:
             vocab = _hub_vocab(source)
-        except Exception as err:  # offline, no access, ...: the built-in table still has the verified ids
+        except OSError as err:  # offline, no access, ...: the built-in table still has the verified ids
+            # (a tokenizer.json that arrives but cannot be read is a ValueError, never hidden this way)
             warnings.warn(
                 f"could not read {source}'s {TOKENIZER_FILE} ({type(err).__name__}); using the built-in ANKH table"
             )
@@ -200,8 +204,9 @@ def load_tokenizer(
     - directory: its tokenizer.json's vocabulary if present, else the table its config.json implies;
     - hub id: the repo's tokenizer.json (needs internet; `hub_kwargs` go to `hf_hub_download`);
     - config (FastAnkhConfig, or the T5Config of an original checkpoint): the tokenizer.json of
-      `config.name_or_path` (directory or hub id; a hub failure warns and falls back), else the
+      `config.name_or_path` (directory or hub id; an unreachable hub warns and falls back), else the
       table of `config.preset` / `config.vocab_size` (256 -> ANKH3).
+    A tokenizer.json that is there but unreadable is a ValueError naming the file.
     `nlu_prefix`: prepend [NLU] (default: whenever the vocabulary has it, i.e. ANKH3).
     """
     if isinstance(name_or_path, PreTrainedConfig):
