@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -11,14 +12,27 @@ from transformers import AutoTokenizer
 from fastankh import FastAnkhConfig
 from fastankh.tokenization import load_tokenizer, prefix_length
 
+# Every oracle below is typed in from ankh-facts.md (ids of the official tokenizers), never read from
+# fastankh.tokenization's own tables.
 # Reference ids of the official ankh-base tokenizer (ankh-facts.md §3.2).
 V1_REFERENCE = {
     "MKTAYIAKQRQISFVKSHF": [19, 14, 11, 3, 18, 12, 3, 14, 16, 8, 16, 12, 7, 15, 6, 14, 7, 20, 15, 1],
     "GSUZBOX": [5, 7, 26, 27, 24, 25, 23, 1],
     "MA": [19, 3, 1],
 }
-# ANKH3 residue ids (ankh-facts.md §3.3), verified for the 20 standard residues.
-ANKH3_RESIDUE_IDS = dict(zip("LAGSVERTIDPKNFQYHMCW", range(7, 27)))
+# The whole verified v1 table (ankh-facts.md §3.2); 28..143 (sentinels) are not verified.
+V1_IDS = {
+    "<pad>": 0, "</s>": 1, "<unk>": 2, "A": 3, "L": 4, "G": 5, "V": 6, "S": 7, "R": 8, "E": 9, "D": 10, "T": 11,
+    "I": 12, "P": 13, "K": 14, "F": 15, "Q": 16, "N": 17, "Y": 18, "M": 19, "H": 20, "W": 21, "C": 22, "X": 23,
+    "B": 24, "O": 25, "U": 26, "Z": 27,
+}
+# ANKH3 (ankh-facts.md §3.3): verified for <pad> </s> <unk> and the 20 standard residues only. The ids of
+# [NLU] (3 here), X/B/O/U/Z and the sentinels are this implementation's choice, NOT verified.
+ANKH3_IDS = {
+    "<pad>": 0, "</s>": 1, "<unk>": 2, "L": 7, "A": 8, "G": 9, "S": 10, "V": 11, "E": 12, "R": 13, "T": 14, "I": 15,
+    "D": 16, "P": 17, "K": 18, "N": 19, "F": 20, "Q": 21, "Y": 22, "H": 23, "M": 24, "C": 25, "W": 26,
+}
+NLU_ID = 3  # unverified (see above)
 
 
 @pytest.fixture(scope="module")
@@ -37,22 +51,26 @@ def test_v1_reference_ids(preset):
     assert len(tok) == 144
     for seq, ids in V1_REFERENCE.items():
         assert tok(seq)["input_ids"] == ids
+    for token, i in V1_IDS.items():
+        assert tok.convert_tokens_to_ids(token) == i, token
+        if len(token) == 1:  # each residue alone: its id, then </s>
+            assert tok(token)["input_ids"] == [i, 1], token
 
 
 @pytest.mark.parametrize("preset", ["ankh3_large", "ankh3_xl"])
 def test_ankh3_residue_ids_and_nlu_prefix(preset):
     tok = load_tokenizer(preset)
     assert len(tok) == 256
-    nlu = tok.convert_tokens_to_ids("[NLU]")
+    for token, i in ANKH3_IDS.items():
+        assert tok.convert_tokens_to_ids(token) == i, token
     seq = "LAGSVERTIDPKNFQYHMCW"
-    assert tok(seq)["input_ids"] == [nlu] + [ANKH3_RESIDUE_IDS[c] for c in seq] + [1]
+    assert tok(seq)["input_ids"] == [NLU_ID] + list(range(7, 27)) + [1]
     assert prefix_length(tok) == 1
-    assert tok.convert_tokens_to_ids(["<pad>", "</s>", "<unk>"]) == [0, 1, 2]
 
 
 def test_ankh3_without_prefix_on_request():
     tok = load_tokenizer("ankh3_xl", nlu_prefix=False)
-    assert tok("MA")["input_ids"] == [24, 8, 1]
+    assert tok("MA")["input_ids"] == [24, 8, 1]  # M A </s>, all verified
     assert prefix_length(tok) == 0
     with pytest.raises(ValueError, match=r"\[NLU\]"):
         load_tokenizer("ankh_base", nlu_prefix=True)
@@ -84,21 +102,23 @@ def test_whitespace_and_lowercase_are_normalised(v1, ankh3):
 def test_unknown_letters_are_unk(v1, ankh3):
     assert v1("MJA")["input_ids"] == [19, 2, 3, 1]
     assert v1("j*")["input_ids"] == [2, 2, 1]
-    assert ankh3("MJA")["input_ids"] == [3, 24, 2, 8, 1]
+    assert ankh3("MJA")["input_ids"] == [NLU_ID, 24, 2, 8, 1]
 
 
 def test_sentinels_and_prefixes_are_single_tokens(v1, ankh3):
+    # Sentinel, [NLU] and [S2S] ids are not verified: only "one token, never <unk>" is checked.
     sentinel = v1.convert_tokens_to_ids("<extra_id_0>")
     assert sentinel not in (v1.unk_token_id, None)
     assert v1("M<extra_id_0>A")["input_ids"] == [19, sentinel, 3, 1]
     s2s = ankh3.convert_tokens_to_ids("[S2S]")
-    assert ankh3("[S2S]MA")["input_ids"][:2] == [ankh3.convert_tokens_to_ids("[NLU]"), s2s]
+    assert s2s not in (ankh3.unk_token_id, None)
+    assert ankh3("[S2S]MA")["input_ids"] == [NLU_ID, s2s, 24, 8, 1]
 
 
 def test_empty_string_gives_only_the_specials(v1, ankh3):
     # Documented behaviour: "" is not an error for the tokenizer (embed_dataset rejects it).
     assert v1("")["input_ids"] == [1]
-    assert ankh3("")["input_ids"] == [ankh3.convert_tokens_to_ids("[NLU]"), 1]
+    assert ankh3("")["input_ids"] == [NLU_ID, 1]
 
 
 def test_decode_joins_residues(v1):
@@ -140,7 +160,7 @@ def test_reads_vocabulary_from_checkpoint_tokenizer_json(tmp_path):
 
 
 def test_config_picks_table_or_checkpoint_file(tmp_path):
-    assert load_tokenizer(FastAnkhConfig(vocab_size=256))("MA")["input_ids"] == [3, 24, 8, 1]
+    assert load_tokenizer(FastAnkhConfig(vocab_size=256))("MA")["input_ids"] == [NLU_ID, 24, 8, 1]
     assert load_tokenizer(FastAnkhConfig.from_preset("ankh_tiny"))("MA")["input_ids"] == [19, 3, 1]
     config = FastAnkhConfig.from_preset("ankh_tiny")
     config.name_or_path = str(_write_checkpoint_tokenizer(tmp_path / "ckpt"))
@@ -151,7 +171,7 @@ def test_config_picks_table_or_checkpoint_file(tmp_path):
 
 def test_directory_without_tokenizer_uses_its_config(tmp_path):
     FastAnkhConfig(vocab_size=256).save_pretrained(tmp_path)
-    assert load_tokenizer(str(tmp_path))("MA")["input_ids"] == [3, 24, 8, 1]
+    assert load_tokenizer(str(tmp_path))("MA")["input_ids"] == [NLU_ID, 24, 8, 1]
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="tokenizer.json"):
@@ -203,9 +223,30 @@ def test_unreachable_hub_falls_back_to_table_for_a_config(monkeypatch):
     config.name_or_path = "ElnaggarLab/ankh3-large"
     with pytest.warns(UserWarning, match="built-in ANKH table"):
         tok = load_tokenizer(config)
-    assert tok("MA")["input_ids"] == [3, 24, 8, 1]
+    assert tok("MA")["input_ids"] == [NLU_ID, 24, 8, 1]
     with pytest.raises(OSError):  # an explicit hub id does not fall back silently
         load_tokenizer("ElnaggarLab/ankh3-large")
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"model": {}}', '{"model": {"vocab": 7}}'])
+def test_unreadable_checkpoint_tokenizer_json_is_an_error(tmp_path, monkeypatch, content):
+    """Never the built-in table behind the user's back: the file is named, for a directory or a hub repo."""
+    import huggingface_hub
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "tokenizer.json").write_text(content)
+    match = re.escape(f"{ckpt / 'tokenizer.json'}: not a readable tokenizer.json")
+    with pytest.raises(ValueError, match=match):
+        load_tokenizer(str(ckpt))
+    config = FastAnkhConfig.from_preset("ankh_tiny")
+    config.name_or_path = str(ckpt)
+    with pytest.raises(ValueError, match=match):
+        load_tokenizer(config)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo_id, filename, **kw: str(ckpt / filename))
+    config.name_or_path = "SomeLab/some-ankh"
+    with pytest.raises(ValueError, match=match):
+        load_tokenizer(config)
 
 
 def test_original_t5_config_is_accepted():
