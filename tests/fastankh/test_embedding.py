@@ -127,7 +127,7 @@ def test_dtype_is_honoured(model):
     assert out.dtype == torch.bfloat16
 
 
-def test_save_is_atomic_and_resume_computes_only_missing_ids(model, tmp_path):
+def test_resume_computes_only_missing_ids(model, tmp_path):
     path = tmp_path / "emb.safetensors"
     first = embed_dataset(model, {"a": SEQS[0], "b": SEQS[1], "c": SEQS[2]}, save_path=path, progress=False)
     assert os.listdir(tmp_path) == ["emb.safetensors"]  # no temp file left behind
@@ -147,6 +147,32 @@ def test_save_is_atomic_and_resume_computes_only_missing_ids(model, tmp_path):
     assert rec.rows == 0
     assert torch.equal(third["e"], second["e"])
     assert os.listdir(tmp_path) == ["emb.safetensors"]
+
+
+def test_crash_while_saving_keeps_the_previous_file(model, tmp_path, monkeypatch):
+    """Atomic writes: a save that dies half-way leaves the last good file byte-identical."""
+    import fastankh.embedding as embedding
+
+    path = tmp_path / "emb.safetensors"
+    embed_dataset(model, {"a": SEQS[0]}, save_path=path, progress=False)
+    good = path.read_bytes()
+    real_save = embedding.save_file
+
+    def save_half_then_crash(tensors, filename, metadata=None):
+        real_save(tensors, filename, metadata=metadata)
+        with open(filename, "r+b") as f:
+            f.truncate(os.path.getsize(filename) // 2)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(embedding, "save_file", save_half_then_crash)
+    with pytest.raises(OSError, match="disk full"):
+        embed_dataset(model, {"a": SEQS[0], "b": SEQS[1]}, save_path=path, progress=False)
+    assert path.read_bytes() == good
+    assert os.listdir(tmp_path) == ["emb.safetensors"]  # the half-written temp file is gone too
+    monkeypatch.undo()
+    with ForwardRecorder(model) as rec:
+        embed_dataset(model, {"a": SEQS[0], "b": SEQS[1]}, save_path=path, progress=False)
+    assert rec.rows == 1  # "a" still comes from the file
 
 
 def test_interrupted_run_keeps_saved_batches(model, tmp_path):
