@@ -3,8 +3,9 @@
 Order is a pure function of (seed, epoch): Lightning calls `set_epoch` on `batch_sampler.sampler` before
 every epoch, so a resumed run sees the same batches as an uninterrupted one. Under DDP Lightning swaps that
 sampler for a `DistributedSampler` (it passes it through our `sampler` argument and keeps the others);
-batches are then formed over the whole dataset exactly as on one process and dealt out round-robin, so
-every rank gets the same number of batches even with a token budget.
+batches are then formed over the whole dataset exactly as on one process and dealt out round-robin; in
+training every rank gets the same number of batches even with a token budget (the last ones are repeated),
+in evaluation each batch goes to exactly one rank, so no chain is counted twice.
 Batches are planned lazily, on the first `next()`: Lightning may create the loader's iterator before it
 calls `set_epoch` (it does when resuming). With `tag_epoch`, each index is yielded as (index, epoch) and
 `EpochTaggedDataset` hands the epoch to the collator inside the sample, so masked-LM masks follow the epoch
@@ -126,7 +127,9 @@ class BucketBatchSampler(BatchSampler):
             # Windows yield long-to-short runs; shuffling the batches removes that trend within an epoch.
             batches = [batches[j] for j in np.random.default_rng([seed, epoch, 1]).permutation(len(batches))]
         if world > 1:
-            batches = batches + batches[: (-len(batches)) % world]  # equal count per rank
+            if shuffle:  # training: every rank takes the same number of optimizer steps
+                batches = batches + batches[: (-len(batches)) % world]
+            # Evaluation is not padded: a repeated batch would count its chains twice in the metrics.
             batches = batches[rank::world]
         self._cache = (key, batches)
         return batches

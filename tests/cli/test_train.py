@@ -291,11 +291,6 @@ def test_ddp_test_metrics_equal_one_process_on_the_same_data(ddp_runs):
     assert metrics_of(out)["test"] == pytest.approx(tested, abs=1e-5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: BucketBatchSampler (tasks/data_batching.py) evens out an odd number of evaluation "
-    "batches by giving one rank a copy of the first batch, so DDP counts those chains twice",
-)
 def test_ddp_validation_metrics_equal_one_process_with_an_odd_batch_count(ddp_runs):
     out = ddp_runs["straight"]
     logged = val_rows(out).loc[1]  # the last epoch: the weights in last.ckpt
