@@ -39,10 +39,13 @@ def main(cfg: DictConfig) -> float | None:
         finish_loggers,
         log_config,
         log_test_tables,
+        print_next_step,
+        quiet_console,
         resolve_ckpt_path,
         sweep_score,
     )
 
+    quiet_console()  # each line once, no third-party adverts
     L.seed_everything(cfg.seed, workers=True)
     out = Path(cfg.paths.output_dir)
     write_config(cfg, out / "config.yaml")
@@ -73,6 +76,7 @@ def main(cfg: DictConfig) -> float | None:
     if task.kind == "masked_lm":
         save_backbone(module.backbone, tokenizer, out / "backbone")
     finish_loggers(trainer)
+    print_next_step(out, best_checkpoint(trainer), task.name, task.kind)
     return score
 
 

@@ -325,3 +325,27 @@ def test_quickstart_beats_the_majority_class(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "test metrics" in done.stdout
     assert metrics_of(tmp_path)["test"]["q3"] >= majority + 0.05, (metrics_of(tmp_path), majority)
+
+
+def test_console_tells_each_thing_once_and_ends_with_the_next_command(tmp_path):
+    """`python train.py` as a user runs it: no line twice (Lightning's own handler + Hydra's), no litlogger
+    advert, no deprecation warning, and a last line naming the run, its best checkpoint and export.py."""
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "train.py", *TINY, "task=ss3_local", f"hydra.run.dir={out}"],
+        cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300,
+    )
+    console = result.stdout + result.stderr
+    assert result.returncode == 0, console[-3000:]
+    borders = set("┏┳┓┡╇┩└┴┘━─ ")  # rich table rules: two tables of one width share them
+    lines = [line.rstrip() for line in console.splitlines()]
+    counted = Counter(line for line in lines if line.strip() and not set(line) <= borders and "━" not in line)
+    assert [line for line, n in counted.items() if n > 1] == []
+    assert "litlogger" not in console and "Tip:" not in console
+    assert "DeprecationWarning" not in console and "deprecated" not in console.lower()
+    (best,) = (out / "checkpoints").glob("epoch*.ckpt")
+    last = [line for line in lines if line.strip()][-1]
+    assert last == (
+        f"run: {out} | best checkpoint: {best} | next: python export.py checkpoint={best} output_dir=exports/ss3_local"
+    )
+    assert (out / "train.log").read_text().count("GPU available") == 1
