@@ -17,9 +17,9 @@ from omegaconf import DictConfig
 from transformers import AutoConfig
 
 import fastankh
-from fastankh import FastAnkhConfig, FastAnkhModel, PRESETS, embed_dataset, load_tokenizer
+from fastankh import PRESETS, FastAnkhConfig, FastAnkhModel, embed_dataset, load_tokenizer
+from fastankh.records import RecordError, read_records
 from tasks.data_sources import DataError
-from tasks.predict import read_records
 
 
 def load_encoder(name: str, attn_backend: str | None = None) -> FastAnkhModel:
@@ -42,7 +42,15 @@ def load_encoder(name: str, attn_backend: str | None = None) -> FastAnkhModel:
 def embed(cfg: DictConfig) -> dict[str, torch.Tensor]:
     """The embeddings of cfg.input (conf/cli/embed.yaml), also written to cfg.output."""
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-    records = read_records(cfg.input, cfg.id_column, cfg.sequence_column)
+    # The reader and sequence rule of training and predict; the first invalid record stops the run.
+    try:
+        records = read_records(cfg.input, cfg.id_column, cfg.sequence_column)
+    except RecordError as err:
+        raise DataError(str(err)) from None
+    bad = next((r for r in records if r.problem is not None), None)
+    if bad is not None:
+        raise DataError(bad.error)
+    where = {r.id: r.where for r in records}
     repeated = [i for i, n in Counter(r.id for r in records).items() if n > 1]
     if repeated:
         raise DataError(f"{cfg.input}: record id {repeated[0]!r} appears more than once; ids key the output")
@@ -55,7 +63,12 @@ def embed(cfg: DictConfig) -> dict[str, torch.Tensor]:
             progress=cfg.progress, truncate=cfg.truncate, save_every=cfg.save_every,
         )
     except ValueError as err:  # a bad record (named) or an output file written with other options
-        raise DataError(str(err)) from None
+        message = str(err)
+        for key, location in where.items():  # name the file row, not the dict key embed_dataset saw
+            message = message.replace(f"record {key!r}: ", f"{location}: ", 1)
+        message = message.replace("max_len=", "max_length=").replace("raise max_len or pass truncate=True",
+                                                                       "raise max_length or set truncate=true")
+        raise DataError(message) from None
 
 
 @hydra.main(version_base="1.3", config_path="conf/cli", config_name="embed")

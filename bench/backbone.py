@@ -235,10 +235,10 @@ def main() -> None:
         )
     Console(width=170).print(table)
     if args.json:
-        tmp_path = args.json + ".tmp"
-        with open(tmp_path, "w") as f:
+        from fastankh.atomic import atomic_path
+
+        with atomic_path(args.json) as tmp, open(tmp, "w") as f:
             json.dump({"args": {k: v for k, v in vars(args).items() if not k.startswith("_")}, "rows": rows}, f, indent=1)
-        os.replace(tmp_path, args.json)
 
 
 if __name__ == "__main__":

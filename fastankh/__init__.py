@@ -12,10 +12,12 @@ from transformers import (
     AutoModelForTokenClassification,
 )
 
+from .batching import length_batches
 from .configuration_fastankh import ATTN_BACKENDS, PRESETS, FastAnkhConfig
 from .modeling_fastankh import FastAnkhForMaskedLM, FastAnkhModel, FastAnkhPreTrainedModel
 from .modeling_tasks import FastAnkhForSequenceClassification, FastAnkhForTokenClassification
-from .embedding import embed_dataset, read_fasta
+from .protein_embeddings import embed_dataset
+from .records import clean_sequence, read_fasta, read_records
 from .tokenization import load_tokenizer, prefix_length
 
 AutoConfig.register(FastAnkhConfig.model_type, FastAnkhConfig, exist_ok=True)
@@ -45,6 +47,9 @@ __all__ = [
     "FastAnkhPreTrainedModel",
     "embed_dataset",
     "read_fasta",
+    "read_records",
+    "clean_sequence",
+    "length_batches",
     "load_tokenizer",
     "prefix_length",
 ]

@@ -1,15 +1,16 @@
 """`embed_dataset`: per-protein (pooled) or per-residue embeddings of many sequences.
 
 One vector per residue: `[NLU]`, `</s>` and padding never enter pooled or per-residue outputs;
-unknown letters (`<unk>`) are residues and do. Batches are length-sorted (longest first) and the
-result keeps the input order. Results can be stored in a safetensors file (keys = sequence ids,
-written atomically) that a later call resumes from.
+letters the tokenizer maps to `<unk>` are residues and do. Sequences follow the rule of
+fastankh.records (the one training and predict use): whitespace dropped, uppercased, one terminal '*'
+dropped, letters outside the 20 standard residues and X B O U Z refused. Batches come from
+fastankh.batching.length_batches (longest first) and the result keeps the input order. Results can
+be stored in a safetensors file (keys = sequence ids, written atomically) that a later call resumes from.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 
 import torch
@@ -18,9 +19,11 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .atomic import atomic_path
+from .batching import length_batches
+from .records import RECORD_SUFFIXES, RecordError, clean_sequence, file_suffix, read_records
 from .tokenization import load_tokenizer, prefix_length
 
-FASTA_SUFFIXES = (".fa", ".fasta", ".faa")
 POOLINGS = ("mean", "max")
 STORE_FORMAT = "fastankh-embeddings-v1"
 
@@ -28,51 +31,27 @@ STORE_FORMAT = "fastankh-embeddings-v1"
 @dataclass
 class _Record:
     key: str  # the id in the result: the sequence itself (list input) or the record id
-    sequence: str  # residues, whitespace removed
+    sequence: str  # residues, cleaned by fastankh.records.clean_sequence
     where: str  # how an error names this record
 
 
-def _fasta_records(path: str) -> list[_Record]:
-    """Records of a FASTA file: id = first word of the header, sequence lines joined."""
-    headers: list[tuple[str, str]] = []  # (id, where)
-    chunks: list[list[str]] = []
-    with open(path) as f:
-        for line_no, line in enumerate(f, 1):
-            line = line.strip()
-            if line.startswith(">"):
-                words = line[1:].split()
-                if not words:
-                    raise ValueError(f"{path}: line {line_no}: header '>' without a record id")
-                headers.append((words[0], f"{path}: record {words[0]!r} (line {line_no})"))
-                chunks.append([])
-            elif line and not line.startswith(";"):
-                if not chunks:
-                    raise ValueError(f"{path}: line {line_no}: sequence data before the first '>' header")
-                chunks[-1].append("".join(line.split()))
-    return [_Record(key, "".join(parts), where) for (key, where), parts in zip(headers, chunks)]
-
-
-def read_fasta(path: str | os.PathLike) -> dict[str, str]:
-    """id -> sequence of a FASTA file (id = first word of the header line). Duplicate ids are an error."""
-    out: dict[str, str] = {}
-    for r in _fasta_records(os.fspath(path)):
-        if r.key in out:
-            raise ValueError(f"{r.where}: duplicate record id")
-        out[r.key] = r.sequence
-    return out
-
-
 def _input_records(sequences: list[str] | dict[str, str] | str | os.PathLike) -> list[_Record]:
+    """The records to embed; raises on the first invalid one (same rule and message as training/predict)."""
     if isinstance(sequences, (str, os.PathLike)):
         path = os.fspath(sequences)
-        if not (os.path.isfile(path) or path.lower().endswith(FASTA_SUFFIXES)):
+        if not os.path.isfile(path):
+            if file_suffix(path) in RECORD_SUFFIXES:
+                raise FileNotFoundError(f"{path}: file not found")
             raise ValueError(
-                f"sequences must be a list of sequences, a dict id -> sequence or a FASTA path; "
+                f"sequences must be a list of sequences, a dict id -> sequence or a file path (FASTA or table); "
                 f"{path[:50]!r} is not an existing file"
             )
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path}: FASTA file not found")
-        return _fasta_records(path)
+        records = []
+        for r in read_records(path):
+            if r.problem is not None:
+                raise RecordError(r.error)
+            records.append(_Record(r.id, r.sequence, r.where))
+        return records
     if isinstance(sequences, dict):
         items = [(str(k), v, f"record {k!r}") for k, v in sequences.items()]
     else:
@@ -81,7 +60,10 @@ def _input_records(sequences: list[str] | dict[str, str] | str | os.PathLike) ->
     for key, seq, where in items:
         if not isinstance(seq, str):
             raise TypeError(f"{where}: expected a string sequence, got {type(seq).__name__}")
-        records.append(_Record(key, "".join(seq.split()), where))
+        try:
+            records.append(_Record(key, clean_sequence(seq), where))
+        except ValueError as err:
+            raise RecordError(f"{where}: {err}") from None
     return records
 
 
@@ -89,16 +71,14 @@ def _check_records(records: list[_Record], max_len: int, truncate: bool) -> dict
     """key -> its first record, in input order; raises on the first bad record."""
     out: dict[str, _Record] = {}
     for r in records:
-        if not r.sequence:
-            raise ValueError(f"{r.where}: empty sequence")
         if len(r.sequence) > max_len:
             if not truncate:
-                raise ValueError(
+                raise RecordError(
                     f"{r.where}: {len(r.sequence)} residues > max_len={max_len} (raise max_len or pass truncate=True)"
                 )
             r.sequence = r.sequence[:max_len]
         if out.setdefault(r.key, r).sequence != r.sequence:
-            raise ValueError(f"{r.where}: id {r.key!r} appears twice with different sequences")
+            raise RecordError(f"{r.where}: id {r.key!r} appears twice with different sequences")
     return out
 
 
@@ -128,33 +108,9 @@ def _load_store(path: str, metadata: dict[str, str]) -> dict[str, torch.Tensor]:
 
 
 def _save_store(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Write `tensors` to `path` atomically: a temp file in the same directory, then os.replace."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    """Write `tensors` to `path` atomically (fastankh.atomic.atomic_path)."""
+    with atomic_path(path) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def _batches(lengths: list[int], batch_size: int, max_tokens: int | None) -> list[list[int]]:
-    """Indices grouped longest first; a batch holds <= batch_size rows and <= max_tokens padded tokens."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])  # stable: ties keep input order
-    batches: list[list[int]] = []
-    for i in order:
-        current = batches[-1] if batches else None
-        # The first (longest) row sets the padded width of the whole batch.
-        if current is None or len(current) == batch_size or (
-            max_tokens is not None and (len(current) + 1) * lengths[current[0]] > max_tokens
-        ):
-            batches.append([i])
-        else:
-            current.append(i)
-    return batches
 
 
 def embed_dataset(
@@ -175,12 +131,14 @@ def embed_dataset(
     """Embed protein sequences with an ANKH encoder (FastAnkhModel, or any encoder whose forward
     takes input_ids/attention_mask and returns `last_hidden_state`, e.g. transformers' T5EncoderModel).
 
-    sequences: list of sequences (result keyed by the sequence), dict id -> sequence, or a FASTA
-    file path (keyed by record id). Whitespace inside sequences is ignored; a repeated key or a
+    sequences: list of sequences (result keyed by the sequence as given), dict id -> sequence, or a
+    file path (FASTA, or a .csv/.tsv/.parquet table with columns `id` and `sequence`, optionally .gz;
+    keyed by record id). Sequences are cleaned by fastankh.records.clean_sequence; an invalid one is
+    an error naming it (`<file>: row <n> (id <id>): <problem>` for a file). A repeated key or a
     repeated sequence is computed once.
     Returns {key: (d_model,)} pooled over residues (`pooling` "mean" | "max"), or with
     `full_embeddings` {key: (n_residues, d_model)}, in input order, on CPU, in `dtype`.
-    Residues only: `[NLU]`, `</s>` and padding are excluded; `<unk>` letters are residues.
+    Residues only: `[NLU]`, `</s>` and padding are excluded.
 
     max_len: residues per sequence; longer is an error unless `truncate` cuts to max_len.
     max_tokens: optional cap on padded tokens per batch (on top of batch_size).
@@ -226,7 +184,7 @@ def embed_dataset(
     model.eval()
     bar = tqdm(total=len(todo), unit="seq", desc="embedding", disable=not progress)
     try:
-        for n, batch in enumerate(_batches([len(ids) for ids in encoded], batch_size, max_tokens), 1):
+        for n, batch in enumerate(length_batches([len(ids) for ids in encoded], batch_size, max_tokens), 1):
             width = len(encoded[batch[0]])
             input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
             attention_mask = torch.zeros(len(batch), width, dtype=torch.long)
@@ -257,4 +215,4 @@ def embed_dataset(
     return {key: store[key] for key in records}
 
 
-__all__ = ["embed_dataset", "read_fasta"]
+__all__ = ["embed_dataset"]

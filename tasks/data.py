@@ -23,10 +23,11 @@ from datasets import Dataset
 from datasets.fingerprint import Hasher
 from torch.utils.data import DataLoader
 
+from fastankh.records import STANDARD_RESIDUES
 from fastankh.tokenization import prefix_length
 
 from .data_batching import BucketBatchSampler, Collator, EpochTaggedDataset, SeededSampler
-from .data_encoding import STANDARD_RESIDUES, encode
+from .data_encoding import encode
 from .data_sources import DataError, Table, carve, local_path, partition, read_source, split_name
 from .spec import TaskSpec
 

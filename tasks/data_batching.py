@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, Dataset, DistributedSampler, Sampler
 
+from fastankh.batching import length_batches
+
 from .spec import IGNORE_INDEX, TaskSpec
 
 
@@ -85,27 +87,12 @@ class BucketBatchSampler(BatchSampler):
         shuffle, seed, epoch = getattr(s, "shuffle", False), getattr(s, "seed", 0), getattr(s, "epoch", 0)
         return np.fromiter(iter(s), dtype=np.int64), shuffle, seed, epoch, 0, 1
 
-    def _longest_first(self, indices: np.ndarray) -> np.ndarray:
-        return indices[np.argsort(-self.lengths[indices], kind="stable")]
-
     def _cut(self, indices: np.ndarray) -> list[list[int]]:
-        """Batches of consecutive `indices` (sorted longest first) under the size or token limit."""
-        batches, current, longest = [], [], 0
-        for i in indices.tolist():
-            length = int(self.lengths[i])
-            full = (
-                (len(current) + 1) * max(longest, length) > self.max_tokens
-                if self.max_tokens is not None
-                else len(current) == self.batch_size
-            )
-            if current and full:
-                batches.append(current)
-                current, longest = [], 0
-            current.append(i)
-            longest = max(longest, length)
-        if current:
-            batches.append(current)
-        if self.drop_last and self.max_tokens is None:
+        """`indices` longest first, in batches under the size or token limit (fastankh.batching.length_batches)."""
+        if self.max_tokens is not None:
+            return length_batches(self.lengths, max_tokens=self.max_tokens, indices=indices)
+        batches = length_batches(self.lengths, batch_size=self.batch_size, indices=indices)
+        if self.drop_last:
             batches = [b for b in batches if len(b) == self.batch_size]
         return batches
 
@@ -116,14 +103,14 @@ class BucketBatchSampler(BatchSampler):
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1]
         if not shuffle:
-            batches = self._cut(self._longest_first(order))
+            batches = self._cut(order)
         else:
             per_batch = self.batch_size
             if self.max_tokens is not None:
                 per_batch = max(1, self.max_tokens // max(1, int(self.lengths.mean())))
             size = self.window * per_batch
             windows = [order[start : start + size] for start in range(0, len(order), size)]
-            batches = [b for window in windows for b in self._cut(self._longest_first(window))]
+            batches = [b for window in windows for b in self._cut(window)]
             # Windows yield long-to-short runs; shuffling the batches removes that trend within an epoch.
             batches = [batches[j] for j in np.random.default_rng([seed, epoch, 1]).permutation(len(batches))]
         if world > 1:

@@ -16,29 +16,15 @@ import math
 from typing import Any
 
 import numpy as np
-import pandas as pd
+
+from fastankh.records import cell_text as _text
+from fastankh.records import clean_sequence, where
+from fastankh.records import is_missing as _is_missing
 
 from .data_sources import ROW, DataError, Table, split_name
 from .spec import IGNORE_INDEX, TaskSpec
 
-STANDARD_RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
-ALLOWED_RESIDUES = frozenset(STANDARD_RESIDUES + "XBOUZ")
 MAX_PROBLEM_LINES = 20
-
-
-def _is_missing(value: Any) -> bool:
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return False
-    if isinstance(value, str):
-        return not value.strip()
-    return bool(pd.isna(value))
-
-
-def _text(value: Any) -> str:
-    """A label cell as text; integral floats (from Parquet/hub dtypes) print as integers: 1.0 -> "1"."""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value).strip()
 
 
 def _per_residue(value: Any, separator: str | None) -> list:
@@ -62,8 +48,7 @@ class _Problems:
     def add(self, row: int, record_id: str | None, problem: str) -> None:
         self.count += 1
         if len(self.lines) < MAX_PROBLEM_LINES:
-            where = f"row {row}" + (f" (id {record_id})" if record_id is not None else "")
-            self.lines.append(f"{self.source}: {where}: {problem}")
+            self.lines.append(f"{where(self.source, row, record_id)}: {problem}")
 
     def raise_if_any(self) -> None:
         if self.count:
@@ -147,8 +132,10 @@ def _sequence_label(task: TaskSpec, cell: Any, say) -> Any:
 
 def encode(table: Table, task: TaskSpec) -> dict[str, list]:
     """Validate every record of `table` and encode it -> columns `id`, `row`, `sequence` (+ `labels`,
-    `label_mask`); raises DataError naming every bad row. Sequences lose whitespace and are uppercased;
-    with `data.truncate` longer ones (and their per-residue labels) are cut to `data.max_length`."""
+    `label_mask`); raises DataError naming every bad row. Sequences are cleaned by
+    fastankh.records.clean_sequence (whitespace dropped, uppercased, one terminal '*' dropped, letters
+    outside the 20 standard residues and X B O U Z refused); with `task.data.truncate` longer ones (and
+    their per-residue labels) are cut to `task.data.max_length`."""
     d, frame = task.data, table.frame
     problems = _Problems(table.source)
     if task.residue_level and d.mask_column and d.mask_value is None:
@@ -175,19 +162,15 @@ def encode(table: Table, task: TaskSpec) -> dict[str, list]:
         def say(problem: str) -> None:
             problems.add(row, record_id, problem)
 
-        cell = cells[d.sequence_column][i]
-        sequence = "" if _is_missing(cell) else "".join(str(cell).split()).upper()
-        if not sequence:
-            say(f"empty sequence (column '{d.sequence_column}')")
-            continue
-        bad = sorted(set(sequence) - ALLOWED_RESIDUES)
-        if bad:
-            say(f"unknown residue letter(s) {_show(bad)} (allowed: the 20 standard residues and X B O U Z)")
+        try:  # the rule predict and embed apply too (fastankh.records)
+            sequence = clean_sequence(cells[d.sequence_column][i])
+        except ValueError as err:
+            say(str(err))
             continue
         n = len(sequence)
         if n > d.max_length and not d.truncate:
-            say(f"sequence length {n} > data.max_length {d.max_length} "
-                "(set data.truncate=true or raise data.max_length)")
+            say(f"sequence length {n} > task.data.max_length {d.max_length} "
+                "(set task.data.truncate=true or raise task.data.max_length)")
             continue
         keep = min(n, d.max_length)
 

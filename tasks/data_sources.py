@@ -1,26 +1,24 @@
 """Reading task data into tables, and carving validation/test splits out of a training table.
 
-A source is a local file (CSV, TSV, Parquet, FASTA; optionally .gz) or, when no such file exists and the
-task names a `hub_id`, a data file or split of that Hugging Face dataset. Every table keeps the 1-based
-data-row number of each record in its source (column `ROW`), so an error can point at the line to fix.
+A source is a local file (CSV, TSV, Parquet, FASTA; optionally .gz; read by fastankh.records.read_table, the
+reader predict and embed use too) or, when no such file exists and the task names a `hub_id`, a data file or
+split of that Hugging Face dataset. Every table keeps the 1-based data-row number of each record in its
+source (column `ROW`), so an error can point at the line to fix.
 """
 
 from __future__ import annotations
 
-import gzip
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from fastankh.records import ROW, RecordError, file_suffix, read_table
+
 from .spec import DataSpec
 
-ROW = "__row__"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
-PARQUET_SUFFIXES = {".parquet", ".pq"}
-FASTA_SUFFIXES = {".fasta", ".fa", ".faa", ".fas"}
 HUB_FILE_SUFFIXES = {".csv", ".tsv", ".json", ".jsonl", ".parquet", ".txt"}
 # Values of `split_filter_column` and the split they send a row to.
 SPLIT_VALUES = {"train": "train", "valid": "val", "val": "val", "validation": "val", "dev": "val", "test": "test"}
@@ -41,20 +39,12 @@ class Table:
         return Table(self.source, self.frame[mask].reset_index(drop=True))
 
 
-def _suffix(name: str) -> str:
-    """Format suffix of a file name, looking through a trailing .gz."""
-    suffixes = [s.lower() for s in Path(name).suffixes]
-    if suffixes and suffixes[-1] == ".gz":
-        suffixes.pop()
-    return suffixes[-1] if suffixes else ""
-
-
 def split_name(source: str) -> str:
     """A test split's name: the file stem (`CB513.csv` -> `CB513`) or the hub split name."""
     name = Path(source).name
     if name.lower().endswith(".gz"):
         name = name[:-3]
-    return Path(name).stem if _suffix(name) else name
+    return Path(name).stem if file_suffix(name) else name
 
 
 def local_path(source: str) -> Path | None:
@@ -67,48 +57,18 @@ def local_path(source: str) -> Path | None:
     return None
 
 
-def read_fasta(path: Path, spec: DataSpec) -> pd.DataFrame:
-    """FASTA records -> rows: id = first header word, `key=value` header words become columns.
-
-    `>P12345 label=Nucleus` gives id P12345 and a `label` column; sequence lines are concatenated.
-    """
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    rows: list[dict[str, str]] = []
-    with opener(path, "rt") as f:
-        for line in f:
-            line = line.strip()
-            if line.startswith(">"):
-                words = line[1:].split()
-                row = {spec.id_column or "id": words[0] if words else ""}
-                row.update(w.split("=", 1) for w in words[1:] if "=" in w)
-                row[spec.sequence_column] = ""
-                rows.append(row)
-            elif line:
-                if not rows:
-                    raise DataError(f"{path}: sequence text before the first '>' header")
-                rows[-1][spec.sequence_column] += line
-    return pd.DataFrame(rows)
-
-
 def _read_local(path: Path, spec: DataSpec) -> pd.DataFrame:
-    suffix = _suffix(path.name)
-    if suffix in TABLE_SUFFIXES:
-        # Everything as text (a per-residue "0011" label must not become the integer 11); only empty cells
-        # are missing, so a sequence "NA" or a label "None" stays a string.
-        return pd.read_csv(path, sep=TABLE_SUFFIXES[suffix], dtype=str, keep_default_na=False, na_values=[""])
-    if suffix in PARQUET_SUFFIXES:
-        return pd.read_parquet(path)
-    if suffix in FASTA_SUFFIXES:
-        return read_fasta(path, spec)
-    known = sorted({*TABLE_SUFFIXES, *PARQUET_SUFFIXES, *FASTA_SUFFIXES})
-    raise DataError(f"{path}: unknown file type {suffix or '(none)'}; use one of {', '.join(known)}")
+    try:
+        return read_table(path, spec.id_column or "id", spec.sequence_column)
+    except RecordError as err:
+        raise DataError(str(err)) from None
 
 
 def _read_hub(hub_id: str, name: str) -> pd.DataFrame:
     """A hub dataset's data file (`training_hhblits.csv`) or split (`test`) as a DataFrame."""
     from datasets import load_dataset
 
-    if _suffix(name) in HUB_FILE_SUFFIXES:
+    if file_suffix(name) in HUB_FILE_SUFFIXES:
         return load_dataset(hub_id, data_files={"data": name}, split="data").to_pandas()
     return load_dataset(hub_id, split=name).to_pandas()
 
@@ -117,14 +77,12 @@ def read_source(source: str, spec: DataSpec) -> Table:
     """Read one source: a local file if it exists (it overrides the hub), else `spec.hub_id`'s file/split."""
     path = local_path(source)
     if path is not None:
-        frame, name = _read_local(path, spec), source
-    elif spec.hub_id:
-        frame, name = _read_hub(spec.hub_id, source), f"{spec.hub_id}/{source}"
-    else:
+        return Table(source, _read_local(path, spec))  # read_table numbers the rows
+    if not spec.hub_id:
         raise DataError(f"{source}: file not found (and task.data.hub_id is not set)")
-    frame = frame.reset_index(drop=True)
+    frame = _read_hub(spec.hub_id, source).reset_index(drop=True)
     frame[ROW] = np.arange(1, len(frame) + 1)
-    return Table(name, frame)
+    return Table(f"{spec.hub_id}/{source}", frame)
 
 
 def partition(table: Table, column: str) -> dict[str, Table]:

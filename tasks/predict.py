@@ -9,8 +9,10 @@ Output table, one row per valid input record, in input order:
 - sequence_classification: `prediction` = the label; `prob_<label>` = softmax probability.
 - sequence_multilabel: `prediction` = labels with sigmoid >= 0.5, comma separated; `prob_<label>` = sigmoid.
 - sequence_regression: `prediction` = the value.
-Invalid records (empty, letters outside the 20 standard residues and X B O U Z, longer than max_length)
-are reported as `<file>: record '<id>': <problem>` before any model is loaded.
+Records are read and cleaned by fastankh.records (the reader and sequence rule of training and embed:
+whitespace dropped, uppercased, one terminal '*' dropped). Invalid records (empty, letters outside the 20
+standard residues and X B O U Z, longer than max_length) are reported as `<file>: row <n> (id <id>): <problem>`
+before any model is loaded.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,69 +28,42 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
 
-from fastankh import load_tokenizer, read_fasta
-from fastankh.embedding import FASTA_SUFFIXES
+from fastankh import load_tokenizer
+from fastankh.batching import length_batches
+from fastankh.records import Record, RecordError
+from fastankh.records import read_records as _read_records
 from fastankh.tokenization import prefix_length
-from tasks.data_encoding import ALLOWED_RESIDUES
 from tasks.data_sources import DataError
 from tasks.outputs import atomic_path
 
-TABLE_READERS = {".csv": pd.read_csv, ".tsv": lambda p: pd.read_csv(p, sep="\t"), ".parquet": pd.read_parquet}
 OUTPUT_SUFFIXES = (".csv", ".parquet")
 ON_INVALID = ("skip", "error")
 
 
-@dataclass
-class Record:
-    id: str
-    sequence: str  # whitespace removed, uppercased
-
-
 def read_records(path: str | os.PathLike, id_column: str = "id", sequence_column: str = "sequence") -> list[Record]:
-    """Records of a FASTA file (id = first word of the header) or a .csv/.tsv/.parquet table.
+    """Records of a FASTA file or a .csv/.tsv/.parquet table (optionally .gz), read by fastankh.records.
 
-    A table without `id_column` gets ids "<file stem>:<row>" (1-based data rows).
+    A table without `id_column` gets ids "<file stem>:<row>" (1-based data rows). Invalid records are
+    kept, with their `problem` (see check_records); an unreadable file is a DataError.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: input file not found")
-    suffix = path.suffix.lower()
-    if suffix in FASTA_SUFFIXES:
-        try:
-            fasta = read_fasta(path)
-        except ValueError as err:  # a duplicate id or a malformed header, named with its line
-            raise DataError(str(err)) from None
-        return [Record(k, "".join(v.split()).upper()) for k, v in fasta.items()]
-    if suffix not in TABLE_READERS:
-        raise DataError(f"{path}: input must be FASTA ({', '.join(FASTA_SUFFIXES)}) or {', '.join(TABLE_READERS)}")
-    frame = TABLE_READERS[suffix](path)
-    if sequence_column not in frame.columns:
-        columns = ", ".join(map(str, frame.columns))
-        raise DataError(f"{path}: no column '{sequence_column}' (sequence_column); columns are: {columns}")
-    if id_column in frame.columns:
-        ids = frame[id_column].astype(str).tolist()
-    else:
-        ids = [f"{path.stem}:{i}" for i in range(1, len(frame) + 1)]
-    sequences = ["" if pd.isna(s) else "".join(str(s).split()).upper() for s in frame[sequence_column].tolist()]
-    return [Record(i, s) for i, s in zip(ids, sequences)]
+    try:
+        return _read_records(path, id_column, sequence_column)
+    except RecordError as err:  # missing file or column, unknown type, malformed FASTA: one line
+        raise DataError(str(err)) from None
 
 
 def check_records(records: Sequence[Record], source: str, max_length: int | None = None) -> tuple[list[int], list[str]]:
-    """(indices of valid records, one problem line per invalid record naming the file and record id)."""
+    """(indices of valid records, one problem line per invalid record: `<file>: row <n> (id <id>): <problem>`).
+
+    `source` is unused (each record names its file); kept for callers that pass it."""
     valid, problems = [], []
     for i, r in enumerate(records):
-        bad = sorted(set(r.sequence) - ALLOWED_RESIDUES)
-        if not r.sequence:
-            problem = "empty sequence"
-        elif bad:
-            letters = ", ".join(map(repr, bad))
-            problem = f"unknown residue letter(s) {letters} (allowed: 20 standard residues and X B O U Z)"
+        if r.problem is not None:
+            problems.append(r.error)
         elif max_length is not None and len(r.sequence) > max_length:
-            problem = f"{len(r.sequence)} residues > max_length={max_length}"
+            problems.append(f"{r.where}: {len(r.sequence)} residues > max_length={max_length} (raise max_length)")
         else:
             valid.append(i)
-            continue
-        problems.append(f"{source}: record {r.id!r}: {problem}")
     return valid, problems
 
 
@@ -171,11 +145,10 @@ def predict_records(
     """Output rows (see the module docstring) for `records`, in their order; batches are length-sorted."""
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     prefix, device = prefix_length(tokenizer), next(model.parameters()).device
-    order = sorted(range(len(records)), key=lambda i: -len(records[i].sequence))  # longest first: least padding
     rows: list[dict | None] = [None] * len(records)
     with tqdm(total=len(records), unit="seq", desc="predicting", disable=not progress) as bar:
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
+        # longest first, like training and embed_dataset: least padding
+        for chunk in length_batches([len(r.sequence) for r in records], batch_size):
             batch = tokenizer([records[i].sequence for i in chunk], padding=True, return_tensors="pt").to(device)
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             for i, row in zip(chunk, _rows(kind, labels, logits, [records[i] for i in chunk], prefix)):

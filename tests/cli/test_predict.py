@@ -57,7 +57,7 @@ def test_fasta_rows_in_input_order_and_invalid_record_reported(models, fasta_rec
     run_cli("predict", [f"model={models['residue']}", f"input={tmp_path / 'in.fasta'}",
                         f"output={tmp_path / 'out.csv'}",
                         "batch_size=8", "progress=false", "device=cpu"])
-    assert "record 'bad_record': unknown residue letter(s) 'J'" in capsys.readouterr().err
+    assert "in.fasta: row 21 (id bad_record): unknown residue letter(s) 'J'" in capsys.readouterr().err
     out = pd.read_csv(tmp_path / "out.csv", keep_default_na=False)
     valid = [r for r in fasta_records if r[0] != "bad_record"]
     assert len(out) == 50 and out["id"].tolist() == [rid for rid, _ in valid]
@@ -83,7 +83,7 @@ def test_on_invalid_error_stops_before_loading_the_model(models, fasta_records, 
         raise AssertionError("the model was loaded although the input is invalid")
 
     monkeypatch.setattr(tasks.predict, "load_task_model", must_not_load)
-    with pytest.raises(ValueError, match=r"in\.fasta: record 'bad_record': unknown residue"):
+    with pytest.raises(ValueError, match=r"in\.fasta: row 21 \(id bad_record\): unknown residue"):
         predict_file(models["residue"], tmp_path / "in.fasta", tmp_path / "out.csv", on_invalid="error")
     assert not (tmp_path / "out.csv").exists()
 
@@ -95,7 +95,7 @@ def test_cli_on_invalid_error_names_the_record(models, fasta_records, tmp_path):
          f"output={tmp_path / 'out.csv'}", "on_invalid=error"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "HYDRA_FULL_ERROR": "0"},
     )
-    assert result.returncode != 0 and "record 'bad_record'" in result.stderr
+    assert result.returncode != 0 and "row 21 (id bad_record)" in result.stderr
     assert not (tmp_path / "out.csv").exists()
 
 

@@ -6,6 +6,7 @@ Oracles are transformers' own T5 code and the numbers of ankh-facts.md, never Fa
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -23,11 +24,10 @@ from fastankh import PRESETS, FastAnkhConfig, FastAnkhForMaskedLM, FastAnkhModel
 from fastankh.modeling_fastankh import (
     FastAnkhRelativePositionBias,
     FastAnkhRMSNorm,
-    convert_t5_state_dict,
     relative_position_bucket,
     resolve_backend,
-    t5_key_to_fastankh,
 )
+from fastankh.t5_conversion import convert_t5_state_dict, t5_key_to_fastankh
 from tests.conftest import FAMILIES, random_batch, t5_config
 
 # No length is a multiple of 128: flex pads 150 and 129 (alone) to 256; 150 > max_distance 128 reaches
@@ -367,6 +367,7 @@ def test_fastankh_checkpoint_round_trip_and_auto_model(tmp_path, t5_checkpoint):
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["model_type"] == "fast_ankh" and "AutoModel" in config["auto_map"]
     assert (tmp_path / "modeling_fastankh.py").exists() and (tmp_path / "configuration_fastankh.py").exists()
+    assert (tmp_path / "t5_conversion.py").exists()  # imported relatively by the modeling file: travels with it
     reloaded = AutoModel.from_pretrained(tmp_path, attn_backend="sdpa")
     assert isinstance(reloaded, FastAnkhModel)
     ids, mask = random_batch(LENGTHS)
@@ -374,9 +375,14 @@ def test_fastankh_checkpoint_round_trip_and_auto_model(tmp_path, t5_checkpoint):
         torch.testing.assert_close(reloaded(ids, mask).last_hidden_state, model(ids, mask).last_hidden_state)
 
 
-def test_masked_lm_head_starts_as_the_embedding(t5_checkpoint):
+def scaled_embedding(model) -> torch.Tensor:
+    """What the untrained MaskedLM head starts as: the input embedding times d_model**-0.5 (T5's tied-head scale)."""
+    return model.embed_tokens.weight * model.config.d_model**-0.5
+
+
+def test_masked_lm_head_starts_as_the_scaled_embedding(t5_checkpoint):
     mlm = FastAnkhForMaskedLM.from_pretrained(t5_checkpoint("ankh_base"))
-    assert torch.equal(mlm.lm_head.weight, mlm.model.embed_tokens.weight)
+    assert torch.equal(mlm.lm_head.weight, scaled_embedding(mlm.model))
     assert mlm.lm_head.weight.data_ptr() != mlm.model.embed_tokens.weight.data_ptr()  # untied
     ids, mask = random_batch([12, 9])
     labels = ids.masked_fill(mask == 0, -100)
@@ -493,9 +499,41 @@ def test_masked_lm_loads_a_saved_fastankh_encoder(tmp_path, t5_checkpoint):
     mlm = AutoModelForMaskedLM.from_pretrained(tmp_path)
     assert isinstance(mlm, FastAnkhForMaskedLM)
     assert torch.equal(mlm.model.encoder.layers[1].ffn.wo.weight, encoder.encoder.layers[1].ffn.wo.weight)
-    assert torch.equal(mlm.lm_head.weight, encoder.embed_tokens.weight)  # not left uninitialised
+    assert torch.equal(mlm.lm_head.weight, scaled_embedding(encoder))  # not left uninitialised
     fresh = FastAnkhForMaskedLM(FastAnkhConfig.from_preset("ankh_tiny", num_layers=1))
-    assert torch.equal(fresh.lm_head.weight, fresh.model.embed_tokens.weight)
+    assert torch.equal(fresh.lm_head.weight, scaled_embedding(fresh.model))
+
+
+def masked_lm_initial_loss(mlm: FastAnkhForMaskedLM, seed: int = 0) -> float:
+    """Cross-entropy of an untrained head on BERT-style masked random residues (15% -> <extra_id_0>)."""
+    from fastankh import load_tokenizer
+
+    tok = load_tokenizer(mlm.config)
+    mask_id, residues = tok.convert_tokens_to_ids("<extra_id_0>"), tok.convert_tokens_to_ids(list("ACDEFGHIKLMNPQRSTVWY"))
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.tensor(residues)[torch.randint(0, 20, (8, 100), generator=g)]
+    chosen = torch.rand(8, 100, generator=g) < 0.15
+    with torch.no_grad():
+        out = mlm(ids.masked_fill(chosen, mask_id), labels=ids.masked_fill(~chosen, -100))
+    return out.loss.item()
+
+
+@pytest.mark.parametrize("source", ["random ankh_tiny", "T5 ankh_base", "T5 ankh3_large"])
+def test_masked_lm_initial_loss_is_near_log_vocab(source, t5_checkpoint):
+    """An unscaled copy of the embedding gave logits of std 12..66 and a loss of ~70-700 (perplexity inf)."""
+    kind, family = source.split()
+    torch.manual_seed(0)
+    if kind == "random":
+        mlm = FastAnkhForMaskedLM(FastAnkhConfig.from_preset(family)).eval()
+    else:
+        mlm = FastAnkhForMaskedLM.from_pretrained(t5_checkpoint(family)).eval()
+    ln_vocab = math.log(mlm.config.vocab_size)
+    loss = masked_lm_initial_loss(mlm)
+    assert 0.5 * ln_vocab <= loss <= 2 * ln_vocab, (loss, ln_vocab)
+    assert math.isfinite(math.exp(loss))
+    with torch.no_grad():  # the old head: far outside the band
+        mlm.lm_head.weight.copy_(mlm.model.embed_tokens.weight)
+    assert masked_lm_initial_loss(mlm) > 4 * ln_vocab
 
 
 # ------------------------------------------------------------------ nothing the caller asks is dropped

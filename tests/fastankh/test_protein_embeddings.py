@@ -1,4 +1,4 @@
-"""embed_dataset: keys and order, residue-only pooling, batch invariance, safetensors save/resume, errors."""
+"""embed_dataset (fastankh/protein_embeddings.py): keys and order, residue-only pooling, batch invariance, safetensors save/resume, errors."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from safetensors import safe_open
 
 from fastankh import FastAnkhConfig, FastAnkhModel, embed_dataset, load_tokenizer, read_fasta
 
-SEQS = ["MKTAYIAKQRQISFVKSHF", "MA", "GSUZBOXJ", "MKTAYIAKQ", "LLLLLLLLLLLLLLLLLLLLLLLLLLLLLL"]
+SEQS = ["MKTAYIAKQRQISFVKSHF", "MA", "GSUZBOXX", "MKTAYIAKQ", "LLLLLLLLLLLLLLLLLLLLLLLLLLLLLL"]
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +71,8 @@ def test_list_keys_are_sequences_in_input_order(model):
 
 def test_fasta_keys_are_record_ids(model, tmp_path):
     fasta = tmp_path / "prots.fasta"
-    fasta.write_text(">p1 first protein\nMKTAYIAK\nQRQISFVKSHF\n\n>p2\nMA\n;comment\n>p3 x\nGSUZ BOXJ\n")
-    assert read_fasta(fasta) == {"p1": SEQS[0], "p2": "MA", "p3": "GSUZBOXJ"}
+    fasta.write_text(">p1 first protein\nMKTAYIAK\nQRQISFVKSHF\n\n>p2\nMA\n;comment\n>p3 x\nGSUZ BOXX\n")
+    assert read_fasta(fasta) == {"p1": SEQS[0], "p2": "MA", "p3": "GSUZBOXX"}
     out = embed_dataset(model, str(fasta), batch_size=2, progress=False)
     assert list(out) == ["p1", "p2", "p3"]
     by_seq = embed_dataset(model, SEQS[:3], batch_size=3, progress=False)
@@ -81,9 +81,10 @@ def test_fasta_keys_are_record_ids(model, tmp_path):
 
 
 def test_full_embeddings_one_vector_per_residue(model):
-    out = embed_dataset(model, {"a": SEQS[0], "b": "GSUZBOXJ", "c": "M"}, full_embeddings=True, progress=False)
+    out = embed_dataset(model, {"a": SEQS[0], "b": "GSUZBOXX", "c": "M*"}, full_embeddings=True, progress=False)
     assert out["a"].shape == (19, 96)
-    assert out["b"].shape == (8, 96)  # J is <unk>, still a residue
+    assert out["b"].shape == (8, 96)  # rare letters (U Z B O X) are residues too
+    assert out["c"].shape == (1, 96)  # a terminal stop codon is dropped
     assert out["c"].shape == (1, 96)
 
 
@@ -151,7 +152,7 @@ def test_resume_computes_only_missing_ids(model, tmp_path):
 
 def test_crash_while_saving_keeps_the_previous_file(model, tmp_path, monkeypatch):
     """Atomic writes: a save that dies half-way leaves the last good file byte-identical."""
-    import fastankh.embedding as embedding
+    import fastankh.protein_embeddings as embedding
 
     path = tmp_path / "emb.safetensors"
     embed_dataset(model, {"a": SEQS[0]}, save_path=path, progress=False)
@@ -227,10 +228,12 @@ def test_truncate(model):
     [
         (["MKT", ""], {}, ValueError, r"sequence #1: empty sequence"),
         ({"a": "MKT", "b": "  "}, {}, ValueError, r"record 'b': empty sequence"),
-        (["M<extra_id_0>K"], {}, ValueError, r"sequence #0: .*one character per residue"),
+        (["M<extra_id_0>K"], {}, ValueError, r"sequence #0: unknown residue letter\(s\) '0', '<'"),
         (["MKT"], {"pooling": "cls"}, ValueError, r"pooling must be one of"),
         ("MKTAYIAKQ", {}, ValueError, r"not an existing file"),
-        ("missing.fasta", {}, FileNotFoundError, r"missing.fasta: FASTA file not found"),
+        ("missing.fasta", {}, FileNotFoundError, r"missing.fasta: file not found"),
+        (["MKT", "MKJ"], {}, ValueError, r"sequence #1: unknown residue letter\(s\) 'J'"),
+        ({"a": "MK1"}, {}, ValueError, r"record 'a': unknown residue letter\(s\) '1'"),
         ([b"MKT"], {}, TypeError, r"sequence #0: expected a string"),
     ],
 )
@@ -245,8 +248,9 @@ def test_bad_input_is_one_clear_error(model, sequences, kwargs, error, match):
     [
         ("MKT\n>p1\nMA\n", r"line 1: sequence data before the first '>' header"),
         (">p1\nMA\n>\nMK\n", r"line 3: header '>' without a record id"),
-        (">p1\nMA\n>p2\n\n", r"record 'p2' \(line 3\): empty sequence"),
-        (">p1\nMA\n>p1\nMK\n", r"record 'p1' \(line 3\): id 'p1' appears twice with different sequences"),
+        (">p1\nMA\n>p2\n\n", r"bad\.fa: row 2 \(id p2\): empty sequence"),
+        (">p1\nMA\n>p1\nMK\n", r"bad\.fa: row 2 \(id p1\): id 'p1' appears twice with different sequences"),
+        (">p1\nMA\n>p2\nMJ\n", r"bad\.fa: row 2 \(id p2\): unknown residue letter\(s\) 'J'"),
     ],
 )
 def test_bad_fasta_names_file_and_line(model, tmp_path, text, match):
@@ -274,3 +278,23 @@ def test_matches_transformers_t5_encoder_on_the_same_weights(tmp_path):
     for seq in SEQS:
         assert got[seq].shape == (len(seq), 64)
         torch.testing.assert_close(got[seq], expected[seq], atol=1e-5, rtol=1e-5)
+
+
+def test_saved_file_has_the_umask_permissions(model, tmp_path):
+    """The store is written through fastankh.atomic.atomic_path: a normal file, not mkstemp's owner-only 0600."""
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "emb.safetensors"
+        embed_dataset(model, ["MKT"], save_path=path, progress=False)
+    finally:
+        os.umask(old)
+    assert os.stat(path).st_mode & 0o777 == 0o644
+
+
+def test_table_input_uses_the_shared_reader(model, tmp_path):
+    """A CSV path works like a FASTA one: same reader as training and predict ("NA" is two residues)."""
+    (tmp_path / "in.csv").write_text("id,sequence\na,mk v*\nb,NA\n")
+    out = embed_dataset(model, tmp_path / "in.csv", full_embeddings=True, progress=False)
+    assert list(out) == ["a", "b"] and out["a"].shape == (3, 96) and out["b"].shape == (2, 96)
+    direct = embed_dataset(model, ["MKV"], full_embeddings=True, progress=False)["MKV"]
+    torch.testing.assert_close(out["a"], direct, atol=1e-5, rtol=0)

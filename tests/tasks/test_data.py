@@ -63,7 +63,7 @@ GOOD = {"id": "a", "sequence": "MKTA", "label": "HHEC"}
 BAD_ROWS = {  # case: (bad second row, expected text)
     "empty sequence": (("", "H"), "row 2 (id b): empty sequence"),
     "unknown letters": (("MKJ1", "HHEC"), "row 2 (id b): unknown residue letter(s) '1', 'J'"),
-    "too long": (("MKTAYIA", "HHHHHHH"), "row 2 (id b): sequence length 7 > data.max_length 6"),
+    "too long": (("MKTAYIA", "HHHHHHH"), "row 2 (id b): sequence length 7 > task.data.max_length 6 (set task.data.truncate=true or raise task.data.max_length)"),
     "label length": (("MKTA", "HHE"), "row 2 (id b): label length 3 != sequence length 4"),
     "label alphabet": (("MKTA", "HHEQ"), "row 2 (id b): label(s) 'Q' in column 'label' not in task labels"),
     "missing label": (("MKTA", None), "row 2 (id b): missing label"),
