@@ -341,8 +341,9 @@ class FastAnkhPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"  # task and MaskedLM models hold the encoder as `self.model`
     supports_gradient_checkpointing = True
     _no_split_modules = ["FastAnkhBlock"]
-    # Original ElnaggarLab checkpoints are T5ForConditionalGeneration: decoder and lm_head are dropped.
-    _keys_to_ignore_on_load_unexpected = [r"^decoder\.", r"^lm_head\."]
+    # Original ElnaggarLab checkpoints are T5ForConditionalGeneration: decoder and lm_head are dropped;
+    # AutoModel on a fine-tuned task export keeps the encoder and drops the task head.
+    _keys_to_ignore_on_load_unexpected = [r"^decoder\.", r"^lm_head\.", r"^head\."]
 
     def _init_weights(self, module: nn.Module) -> None:
         """T5's initialisation, so a random `ankh_tiny` trains like the real family."""
