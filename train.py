@@ -31,6 +31,7 @@ def main(cfg: DictConfig) -> float | None:
     from tasks.backbone import load_backbone, tokenizer_source
     from tasks.data import TaskDataModule
     from tasks.data_sources import DataError
+    from tasks.kinds import non_residue_token_ids
     from tasks.module import FineTuneModule
     from tasks.outputs import print_metrics, save_backbone, write_config, write_metrics
     from tasks.trainer import (
@@ -62,6 +63,7 @@ def main(cfg: DictConfig) -> float | None:
     module = FineTuneModule(
         **groups,
         backbone=load_backbone(cfg.model, masked_lm=task.kind == "masked_lm"),
+        non_residue_token_ids=non_residue_token_ids(tokenizer),
         label_mean=data.train_label_mean,
         gradient_checkpointing=cfg.model.gradient_checkpointing,
     )
@@ -74,7 +76,7 @@ def main(cfg: DictConfig) -> float | None:
     write_metrics(module.test_results, out / "test_metrics.json")
     log_test_tables(trainer, module.test_results)
     if task.kind == "masked_lm":
-        save_backbone(module.backbone, tokenizer, out / "backbone")
+        save_backbone(module.merged_model().model, tokenizer, out / "backbone")
     finish_loggers(trainer)
     print_next_step(out, best_checkpoint(trainer), task.name, task.kind)
     return score

@@ -12,6 +12,9 @@ Config fields read here (besides the encoder's):
   and `head_kwargs` (hidden_dim, dropout, num_heads, kernel_size, num_layers, pooling);
 - `non_residue_token_ids`: token ids that are not residues ([NLU], </s>, <pad>); heads read residues only.
 
+The loss of each problem type is `loss` of the model class; `forward(labels=...)` returns it, and a
+fine-tuning loop that computes hidden states itself (e.g. cached) calls `head_logits` and `loss`.
+
 This file travels to the Hub as remote code: it imports only torch, transformers and its sibling files.
 """
 
@@ -29,6 +32,22 @@ from .heads import build_head
 from .modeling_fastankh import FastAnkhModel, FastAnkhPreTrainedModel, _checkpoint_model_type
 
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+
+
+def counted_loss(logits: torch.Tensor, labels: torch.Tensor, counted: torch.Tensor, problem_type: str) -> torch.Tensor:
+    """Mean loss in fp32 over the positions where `counted` (bool, the shape of labels' leading dims) is True:
+    MSE for "regression", BCE-with-logits for "multi_label_classification", else cross-entropy.
+
+    No counted position (e.g. a batch of unlabelled residues) gives a zero that keeps the graph, not NaN.
+    """
+    if not counted.any():
+        return logits.sum() * 0.0
+    logits, labels = logits[counted].float(), labels[counted]
+    if problem_type == "regression":
+        return F.mse_loss(logits.reshape(labels.shape), labels.float())
+    if problem_type == "multi_label_classification":
+        return F.binary_cross_entropy_with_logits(logits, labels.float())
+    return F.cross_entropy(logits, labels)
 
 
 class _FastAnkhTaskModel(FastAnkhPreTrainedModel):
@@ -89,6 +108,10 @@ class _FastAnkhTaskModel(FastAnkhPreTrainedModel):
         integral = labels.dtype in (torch.long, torch.int)
         return "single_label_classification" if integral else "multi_label_classification"
 
+    def head_logits(self, hidden: torch.Tensor, residue_mask: torch.Tensor) -> torch.Tensor:
+        """The head on encoder output (B, T, D): (B, T, num_labels) or (B, num_labels)."""
+        return self.head(hidden, residue_mask)
+
     def _logits(
         self,
         input_ids: torch.Tensor,
@@ -99,7 +122,7 @@ class _FastAnkhTaskModel(FastAnkhPreTrainedModel):
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=output_hidden_states)
         if residue_mask is None:
             residue_mask = self.residue_mask(input_ids, attention_mask)
-        return self.head(out.last_hidden_state, residue_mask), out, residue_mask
+        return self.head_logits(out.last_hidden_state, residue_mask), out, residue_mask
 
 
 class FastAnkhForTokenClassification(_FastAnkhTaskModel):
@@ -107,28 +130,44 @@ class FastAnkhForTokenClassification(_FastAnkhTaskModel):
 
     head_level = "residue"
 
+    def loss(
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        label_mask: torch.Tensor | None = None,
+        residue_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Mean loss over labelled residues: cross-entropy, or MSE for problem_type "regression".
+
+        A residue counts where `label_mask` is True; without it, where its label is not the ignore value
+        (-100 for class ids, NaN for regression values). Only residue tokens (`residue_mask`) ever count.
+        """
+        problem = self._problem_type(labels)
+        if label_mask is None:
+            label_mask = ~labels.isnan() if problem == "regression" else labels != -100
+        if residue_mask is not None:
+            label_mask = label_mask & residue_mask
+        return counted_loss(logits, labels, label_mask, problem)
+
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         residue_mask: torch.Tensor | None = None,
+        label_mask: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> TokenClassifierOutput:
         """input_ids / attention_mask: (B, T); residue_mask (B, T) bool defaults to `self.residue_mask`.
 
-        labels: (B, T) class ids with -100 where ignored, or float values for regression (counted at
-        residue tokens). The loss is cross-entropy, or MSE for problem_type "regression".
+        labels: (B, T) class ids, or float values for regression. Unlabelled residues: label_mask (B, T)
+        bool False there (what the fine-tuning data module passes), or, without label_mask, the label -100
+        (class ids) / NaN (values). See `loss`.
         """
         logits, out, residue_mask = self._logits(input_ids, attention_mask, residue_mask, output_hidden_states)
-        loss = None
-        if labels is not None:
-            if self._problem_type(labels) == "regression":
-                loss = F.mse_loss(logits.squeeze(-1).float()[residue_mask], labels.float()[residue_mask])
-            else:
-                loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+        loss = None if labels is None else self.loss(logits, labels, label_mask, residue_mask)
         return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
 
 
@@ -136,6 +175,19 @@ class FastAnkhForSequenceClassification(_FastAnkhTaskModel):
     """One prediction per sequence, pooled over residues: logits (B, num_labels)."""
 
     head_level = "sequence"
+
+    def loss(
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        label_mask: torch.Tensor | None = None,
+        residue_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Mean over sequences: cross-entropy on (B,) class ids, MSE on (B,) floats (regression), BCE on
+        (B, num_labels) 0/1 (multi-label). Every sequence counts; the masks (the token model's signature,
+        so a training loop calls either alike) are unused."""
+        counted = torch.ones(labels.shape[0], dtype=torch.bool, device=labels.device)
+        return counted_loss(logits, labels, counted, self._problem_type(labels))
 
     def forward(
         self,
@@ -147,18 +199,10 @@ class FastAnkhForSequenceClassification(_FastAnkhTaskModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> SequenceClassifierOutput:
-        """labels: (B,) class ids, (B,) floats (regression) or (B, num_labels) 0/1 (multi-label)."""
+        """labels: (B,) class ids, (B,) floats (regression) or (B, num_labels) 0/1 (multi-label); see `loss`."""
         logits, out, _ = self._logits(input_ids, attention_mask, residue_mask, output_hidden_states)
-        loss = None
-        if labels is not None:
-            problem = self._problem_type(labels)
-            if problem == "regression":
-                loss = F.mse_loss(logits.squeeze(-1).float(), labels.float().view(-1))
-            elif problem == "multi_label_classification":
-                loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float())
-            else:
-                loss = F.cross_entropy(logits.float(), labels.view(-1))
+        loss = None if labels is None else self.loss(logits, labels)
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
 
 
-__all__ = ["FastAnkhForTokenClassification", "FastAnkhForSequenceClassification", "PROBLEM_TYPES"]
+__all__ = ["FastAnkhForTokenClassification", "FastAnkhForSequenceClassification", "PROBLEM_TYPES", "counted_loss"]

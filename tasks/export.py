@@ -3,11 +3,13 @@
     export_checkpoint("outputs/ss3_local/runs/X/checkpoints/epoch007.ckpt", "ss3-model")
     push_folder("ss3-model", "my-org/ankh-ss3", private=True)
 
-Two layouts:
-- merged (default): `FastAnkhFor{Token,Sequence}Classification` with LoRA (if any) merged into the encoder;
-  `AutoModelFor*Classification.from_pretrained(dir, trust_remote_code=True)` needs only transformers.
-- adapter-only (`merge_lora=False`, LoRA runs): the peft adapter of the whole task model (LoRA on the
-  encoder + the trained head as `modules_to_save`), config.json/code/tokenizer, and the base model id in
+What is saved is the module's own task model (`FineTuneModule.model`, the class tasks/kinds.py names),
+config.json as it trained. Two layouts:
+- merged (default): `FastAnkhFor{Token,Sequence}Classification` with LoRA (if any) merged into the encoder
+  (`merge_and_unload`); `AutoModelFor*Classification.from_pretrained(dir, trust_remote_code=True)` needs
+  only transformers, and `AutoModel.from_pretrained(dir, trust_remote_code=True)` gives the fine-tuned encoder.
+- adapter-only (`merge_lora=False`, LoRA runs): the peft model as trained (LoRA on the encoder + the trained
+  head as `modules_to_save`), config.json/code/tokenizer, and the base model id in
   `config.base_model_name_or_path`; see `ADAPTER_USAGE` for how it loads with peft onto the base.
 The run directory (two levels above the checkpoint: config.yaml, test_metrics.json) feeds the model card.
 Every folder is written under `<dir>.tmp-*` and renamed into place, so a crash never leaves half of one.
@@ -15,25 +17,22 @@ Every folder is written under `<dir>.tmp-*` and renamed into place, so a crash n
 
 from __future__ import annotations
 
-import copy
 import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import OmegaConf
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 from transformers.dynamic_module_utils import custom_object_save
 
-from fastankh import FastAnkhConfig, FastAnkhForSequenceClassification, FastAnkhForTokenClassification, load_tokenizer
+from fastankh import FastAnkhConfig, load_tokenizer
 from fastankh.tokenization import prefix_length
 from tasks.backbone import tokenizer_source, weights_source
-from tasks.heads import head_spec
-from tasks.module import FineTuneModule
 from tasks.model_card import model_card
+from tasks.module import FineTuneModule
 from tasks.outputs import atomic_dir, write_text_atomic
 from tasks.spec import TaskSpec
 
@@ -56,7 +55,7 @@ class Run:
 
     @property
     def lora(self) -> bool:
-        return hasattr(self.module.backbone, "peft_config")
+        return self.module.lora
 
 
 def load_run(checkpoint: str | os.PathLike, run_dir: str | os.PathLike | None = None) -> Run:
@@ -84,76 +83,7 @@ def run_tokenizer(run: Run) -> PreTrainedTokenizerBase:
     """The tokenizer the run trained with (from its config.yaml; else the one the encoder config implies)."""
     if run.config is not None:
         return load_tokenizer(tokenizer_source(run.config["model"]))
-    return load_tokenizer(FastAnkhConfig.from_dict(run.module.hparams.backbone_config))
-
-
-def task_config(run: Run, tokenizer: PreTrainedTokenizerBase) -> FastAnkhConfig:
-    """Encoder config + the task fields `fastankh.modeling_tasks` reads (labels, problem type, head)."""
-    task = run.task
-    config = FastAnkhConfig.from_dict(copy.deepcopy(run.module.hparams.backbone_config))
-    if task.regression:
-        config.id2label, config.problem_type = {0: task.data.label_column}, "regression"
-    else:
-        config.id2label = dict(enumerate(str(label) for label in task.labels))
-        multi = task.kind == "sequence_multilabel"
-        config.problem_type = "multi_label_classification" if multi else "single_label_classification"
-    config.label2id = {label: i for i, label in config.id2label.items()}
-    spec = head_spec(task, run.module.hparams.head)
-    config.head_name = spec.pop("name")
-    config.head_kwargs = {k: v for k, v in spec.items() if k not in ("kind_level", "num_outputs")}
-    template = tokenizer("")["input_ids"]  # the specials around every sequence ([NLU]?, </s>)
-    config.non_residue_token_ids = sorted({tokenizer.pad_token_id, tokenizer.eos_token_id, *template})
-    config.finetuning_task = task.name
-    # Only the entries this folder serves (a base checkpoint's own auto_map may name AutoModel); saving
-    # adds the task class's AutoModelFor*Classification entry.
-    config.auto_map = {"AutoConfig": "configuration_fastankh.FastAnkhConfig"}
-    return config
-
-
-def task_model_class(task: TaskSpec) -> type[PreTrainedModel]:
-    return FastAnkhForTokenClassification if task.residue_level else FastAnkhForSequenceClassification
-
-
-def build_task_model(run: Run, config: FastAnkhConfig, merge_lora: bool = True) -> PreTrainedModel:
-    """The task model with the trained head; its encoder has the LoRA merged in (`merge_lora`) or is the
-    untouched base (adapter export: the adapters are added by `adapter_model`)."""
-    backbone = run.module.backbone
-    if run.lora:
-        backbone = copy.deepcopy(backbone)
-        backbone = backbone.merge_and_unload() if merge_lora else backbone.unload()
-    model = task_model_class(run.task)(config)
-    model.model.load_state_dict(backbone.state_dict())
-    model.head.load_state_dict(run.module.head.state_dict())
-    return model.eval()
-
-
-def _lora_target_regex(names: set[str] | list[str] | str) -> str:
-    """peft target_modules for the task model: the trained Linear names, inside the encoder only."""
-    if isinstance(names, str):  # already a regex over the encoder's module names
-        return rf"model\.(?:{names})"
-    return rf"model\..*\.(?:{'|'.join(re.escape(n) for n in sorted(names))})"
-
-
-def adapter_model(run: Run, config: FastAnkhConfig, base_model: str):
-    """peft model over the task model: the run's LoRA weights on the encoder, the trained head saved whole."""
-    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
-
-    trained = run.module.backbone
-    lora_config = copy.deepcopy(trained.peft_config["default"])
-    lora_config.target_modules = _lora_target_regex(lora_config.target_modules)
-    lora_config.modules_to_save = ["head"]
-    lora_config.base_model_name_or_path = base_model
-    model = get_peft_model(build_task_model(run, config, merge_lora=False), lora_config)
-    # Adapter keys of the bare encoder ("base_model.model.<encoder path>") under the task model's `model.`.
-    state = {
-        re.sub(r"^base_model\.model\.", "base_model.model.model.", k): v
-        for k, v in get_peft_model_state_dict(trained).items()
-    }
-    state.update({f"base_model.model.head.{k}": v for k, v in run.module.head.state_dict().items()})
-    result = set_peft_model_state_dict(model, state)
-    if result.unexpected_keys:
-        raise RuntimeError(f"adapter weights that match no LoRA layer: {result.unexpected_keys[:3]}")
-    return model.eval()
+    return load_tokenizer(FastAnkhConfig.from_dict(run.module.hparams.model_config))
 
 
 def _probe_batch(tokenizer: PreTrainedTokenizerBase) -> dict[str, torch.Tensor]:
@@ -167,8 +97,9 @@ def _probe_batch(tokenizer: PreTrainedTokenizerBase) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def check_same_predictions(run: Run, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> float:
-    """Max |exported - Lightning| logit on the probe batch at residue tokens (residue tasks) or rows;
-    raises if it exceeds PROBE_TOLERANCE relative to the largest logit."""
+    """Max |exported - Lightning| logit on the probe batch at residue tokens (residue tasks) or rows; the
+    exported model finds residues from ids alone (config.non_residue_token_ids), the module gets the data
+    module's residue_mask. Raises if the difference exceeds PROBE_TOLERANCE relative to the largest logit."""
     batch = _probe_batch(tokenizer)
     expected = run.module(batch)
     got = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -213,17 +144,19 @@ def export_checkpoint(
         )
 
     tokenizer = run_tokenizer(run)
-    config = task_config(run, tokenizer)
     with atomic_dir(output_dir) as tmp:
         if merge_lora:
-            model = build_task_model(run, config, merge_lora=True)
+            model = run.module.merged_model()
             check_same_predictions(run, model, tokenizer)
             model.save_pretrained(tmp)
+            config = model.config
         else:
-            model = adapter_model(run, config, base_model)
+            model = run.module.model  # the peft model as trained: LoRA adapters + the head (modules_to_save)
             check_same_predictions(run, model, tokenizer)
+            model.peft_config["default"].base_model_name_or_path = base_model
             model.save_pretrained(tmp)  # adapter_config.json + adapter_model.safetensors
             task_model = model.get_base_model()
+            config = task_model.config
             config.base_model_name_or_path = base_model
             config.architectures = [type(task_model).__name__]
             custom_object_save(task_model, tmp, config=config)  # modeling code + auto_map entry
@@ -245,4 +178,4 @@ def push_folder(folder: str | os.PathLike, repo_id: str, private: bool = True, t
     return str(getattr(info, "commit_url", info))
 
 
-__all__ = ["Run", "load_run", "export_checkpoint", "push_folder", "task_config", "build_task_model", "model_card"]
+__all__ = ["Run", "load_run", "export_checkpoint", "push_folder", "model_card"]

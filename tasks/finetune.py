@@ -1,17 +1,21 @@
-"""Fine-tuning modes: which backbone parameters train.
+"""Fine-tuning modes: which encoder parameters of the task model train.
 
 - `frozen`: nothing in the backbone trains (a probe); the backbone stays in eval mode and its
   outputs may be cached (tasks/module.py) so it runs once per sequence.
 - `full`: everything trains.
-- `lora`: peft LoRA adapters on the T5 Linear names (q, k, v, o and optionally wi_0, wi_1, wo);
-  base weights stay frozen and bit-identical.
+- `lora`: peft LoRA adapters on the encoder's T5 Linear names (q, k, v, o and optionally wi_0, wi_1, wo);
+  base weights stay frozen and bit-identical. The whole task model is the peft model and its head a
+  `modules_to_save` module, so `merge_and_unload` gives the exportable task model and `save_pretrained`
+  the adapter-only export.
 - `partial`: the last N encoder blocks and the final norm train.
-The head always trains.
+The head always trains. The task model holds the encoder as `model` and the head as `head_attribute`
+(tasks/kinds.py).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,8 +39,14 @@ class ParamCounts:
 
 
 def count_params(*modules: nn.Module) -> ParamCounts:
-    """Trainable and total parameters over the given modules (shared tensors counted once)."""
-    params = {id(p): p for m in modules for p in m.parameters()}.values()
+    """Trainable and total parameters over the given modules (shared tensors counted once).
+
+    peft keeps an untrained copy of a `modules_to_save` head (`original_module`); it is not part of the
+    model that trains or exports, so it is not counted.
+    """
+    params = {
+        id(p): p for m in modules for name, p in m.named_parameters() if ".original_module." not in f".{name}"
+    }.values()
     return ParamCounts(sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params))
 
 
@@ -44,44 +54,53 @@ def _leaf_names(model: nn.Module) -> set[str]:
     return {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)}
 
 
-def apply_lora(backbone: nn.Module, r: int, alpha: float, dropout: float, target_modules: Sequence[str]) -> nn.Module:
-    """Wrap the backbone with peft LoRA adapters; every target must name a Linear of the backbone."""
+def apply_lora(
+    model: nn.Module, head: str, r: int, alpha: float, dropout: float, target_modules: Sequence[str]
+) -> nn.Module:
+    """peft LoRA over the task model: adapters on the encoder (`model.model`) Linears named in
+    target_modules (never the head's), the head trained whole as a `modules_to_save` module."""
     from peft import LoraConfig, get_peft_model
 
     targets = list(target_modules)
-    present = _leaf_names(backbone)
+    present = _leaf_names(model.model)
     missing = [t for t in targets if t not in present]
     if not targets or missing:
         raise ValueError(
             f"finetune.target_modules={targets}: {missing or 'empty list'} match no Linear of the backbone "
             f"(ANKH Linear names: {', '.join(n for n in BACKBONE_LINEARS if n in present)})"
         )
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none")
-    return get_peft_model(backbone, config)
+    # A regex over module names inside the encoder: a head Linear named like a target (e.g. `out`) stays whole.
+    regex = rf"model\..*\.(?:{'|'.join(re.escape(t) for t in sorted(targets))})"
+    config = LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=regex, bias="none", modules_to_save=[head]
+    )
+    return get_peft_model(model, config)
 
 
-def apply_finetune(backbone: nn.Module, head: nn.Module, cfg: Mapping[str, Any]) -> tuple[nn.Module, ParamCounts]:
-    """Set requires_grad for the mode `cfg["mode"]`; returns the (possibly peft-wrapped) backbone and counts.
+def apply_finetune(model: nn.Module, head: str, cfg: Mapping[str, Any]) -> tuple[nn.Module, ParamCounts]:
+    """Set requires_grad for the mode `cfg["mode"]` on the task model `model` (encoder `model.model`, head
+    attribute `head`); returns the (possibly peft-wrapped) model and its counts.
 
     cfg keys by mode: lora: r, alpha, dropout, target_modules; partial: trainable_layers.
     """
     mode = cfg["mode"]
     if mode not in MODES:
         raise ValueError(f"finetune.mode must be one of {MODES}, got {mode!r}")
-    backbone.requires_grad_(mode == "full")
+    encoder = model.model
+    encoder.requires_grad_(mode == "full")
+    getattr(model, head).requires_grad_(True)
     if mode == "lora":
-        backbone = apply_lora(backbone, cfg["r"], cfg["alpha"], cfg["dropout"], cfg["target_modules"])
+        model = apply_lora(model, head, cfg["r"], cfg["alpha"], cfg["dropout"], cfg["target_modules"])
     elif mode == "partial":
-        layers = backbone.encoder.layers
+        layers = encoder.encoder.layers
         n = cfg["trainable_layers"]
         if not 1 <= n <= len(layers):
             raise ValueError(f"finetune.trainable_layers={n}: the backbone has {len(layers)} blocks")
         for block in layers[len(layers) - n :]:
             block.requires_grad_(True)
-        backbone.encoder.final_norm.requires_grad_(True)
+        encoder.encoder.final_norm.requires_grad_(True)
     elif mode == "frozen":
-        backbone.eval()
-    head.requires_grad_(True)
-    counts = count_params(backbone, head)
+        encoder.eval()
+    counts = count_params(model)
     log.info("finetune=%s: %s", mode, counts)
-    return backbone, counts
+    return model, counts

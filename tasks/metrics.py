@@ -20,14 +20,9 @@ from torch import nn
 from torchmetrics import Metric, MetricCollection, classification as tmc, regression as tmr
 from torchmetrics.text import Perplexity
 
-KIND_METRICS = {
-    "residue_classification": ("q3", "q8", "accuracy", "per_protein_accuracy", "mcc", "f1", "auroc"),
-    "sequence_classification": ("accuracy", "mcc", "f1", "auroc"),
-    "sequence_multilabel": ("f1", "auroc"),
-    "residue_regression": ("spearman", "pearson", "r2", "rmse"),
-    "sequence_regression": ("spearman", "pearson", "r2", "rmse"),
-    "masked_lm": ("masked_accuracy", "perplexity"),
-}
+from tasks.kinds import TASK_KINDS
+
+KIND_METRICS = {name: kind.metrics for name, kind in TASK_KINDS.items()}
 ACCURACY_NAMES = {"q3": 3, "q8": 8}
 
 
@@ -37,10 +32,9 @@ def accuracy_name(num_classes: int) -> str:
 
 
 def default_metrics(kind: str, num_classes: int | None = None) -> list[str]:
-    """Metrics reported when a task lists none."""
-    if kind == "residue_classification":
-        return [accuracy_name(num_classes), "per_protein_accuracy", "mcc", "f1"]
-    return list(KIND_METRICS[kind])
+    """Metrics reported when a task lists none (tasks/kinds.py); residue accuracy goes by q3 / q8."""
+    names = TASK_KINDS[kind].default_metrics
+    return [accuracy_name(num_classes) if kind == "residue_classification" and n == "accuracy" else n for n in names]
 
 
 class PerProteinAccuracy(Metric):

@@ -1,37 +1,42 @@
-"""LightningModule: ANKH backbone + task head, the task's loss, AdamW + warmup/decay, metrics.
+"""LightningModule around ONE task model: steps, metrics, AdamW + warmup/decay, logging, the frozen cache.
 
-Logs `train/loss` per step, `val/loss` and `val/<metric>` per validation epoch, and
-`test/<split>/<metric>` per test split (split names from the data module). The constructor
+The task model (`self.model`: the class tasks/kinds.py names for the task kind, built from the task, head
+and encoder configs; a peft model over it for finetune=lora) computes the logits and THE loss; it is the
+object tasks/export.py saves. Logs `train/loss` per step, `val/loss` and `val/<metric>` per validation
+epoch, and `test/<split>/<metric>` per test split (split names from the data module). The constructor
 arguments are plain dicts saved as hyperparameters, so `FineTuneModule.load_from_checkpoint(path)`
-rebuilds the architecture (from the saved backbone config) and loads the trained weights.
+rebuilds the architecture (from the saved `model_config`) and loads the trained weights.
 Gradient clipping, accumulation and precision are Trainer settings.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanMetric
-from transformers import get_scheduler
+from transformers import PreTrainedModel, get_scheduler
 
 from fastankh import FastAnkhConfig, FastAnkhForMaskedLM, FastAnkhModel
+from fastankh.modeling_tasks import counted_loss
 from tasks.finetune import apply_finetune
-from tasks.heads import LMHead, build_task_head
+from tasks.kinds import TASK_KINDS, head_choice, task_model_config
 from tasks.metrics import TaskMetrics
-from tasks.spec import TaskSpec
+from tasks.spec import IGNORE_INDEX, TaskSpec
 
 
 class FineTuneModule(L.LightningModule):
     """Fine-tune an ANKH encoder on one task.
 
     task: TaskSpec fields (the Hydra `task` node); head / finetune / optim: the Hydra groups of those
-    names; backbone: FastAnkhModel (FastAnkhForMaskedLM for kind masked_lm), or None to rebuild it
-    from `backbone_config` when reloading a checkpoint; label_mean: regression heads start there.
+    names; backbone: the pretrained FastAnkhModel (FastAnkhForMaskedLM for kind masked_lm), or None to
+    rebuild the task model from `model_config` when reloading a checkpoint; non_residue_token_ids: the
+    tokenizer's specials (tasks.kinds.non_residue_token_ids), so the exported model finds residues from
+    ids alone; label_mean: regression heads start there.
     """
 
     def __init__(
@@ -41,67 +46,107 @@ class FineTuneModule(L.LightningModule):
         finetune: Mapping[str, Any],
         optim: Mapping[str, Any],
         backbone: FastAnkhModel | FastAnkhForMaskedLM | None = None,
-        backbone_config: dict[str, Any] | None = None,
+        model_config: dict[str, Any] | None = None,
+        non_residue_token_ids: list[int] | None = None,
         label_mean: float | None = None,
         gradient_checkpointing: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["backbone"])
         self.task = TaskSpec.from_config(dict(task))
-        masked_lm = self.task.kind == "masked_lm"
-        if backbone is None:
-            cls = FastAnkhForMaskedLM if masked_lm else FastAnkhModel
-            backbone = cls(FastAnkhConfig.from_dict(backbone_config))
-        self.hparams.backbone_config = backbone.config.to_dict()
-
-        if masked_lm:
-            if head["name"] != "auto":
-                raise ValueError(
-                    f"task {self.task.name} trains the backbone's LM head; use head=auto, not {head['name']!r}"
-                )
-            self.head = LMHead(backbone.lm_head)
-            backbone = backbone.model
-        else:
-            self.head = build_task_head(self.task, head, backbone.config.d_model, label_mean)
+        self.kind = TASK_KINDS[self.task.kind]
+        model = self._build_model(backbone, model_config, head, non_residue_token_ids, label_mean)
+        self.hparams.model_config = model.config.to_dict()
         if gradient_checkpointing:
-            # Non-reentrant: works when the backbone input does not require grad (frozen embeddings, LoRA).
-            backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.backbone, self.param_counts = apply_finetune(backbone, self.head, finetune)
+            # Non-reentrant: works when the encoder input does not require grad (frozen embeddings, LoRA).
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.model, self.param_counts = apply_finetune(model, self.kind.head_attribute, finetune)
 
         self.frozen = finetune["mode"] == "frozen"
-        if finetune.get("cache_embeddings") and (not self.frozen or masked_lm):
+        if finetune.get("cache_embeddings") and (not self.frozen or self.kind.default_head is None):
             raise ValueError(
                 "finetune.cache_embeddings needs finetune=frozen and a supervised task (inputs must not change)"
             )
         # token ids of one sequence (bytes) -> its last_hidden_state (T_i, D) on CPU; not saved in checkpoints
         self.embedding_cache: dict[bytes, torch.Tensor] | None = {} if finetune.get("cache_embeddings") else None
 
-        if masked_lm:
-            self._num_classes = backbone.config.vocab_size
+        if self.kind.level == "token":
+            self._num_classes = model.config.vocab_size
         else:
             self._num_classes = None if self.task.regression else len(self.task.labels)
         self.val_metrics = TaskMetrics(self.task.kind, self.task.metrics, self._num_classes)
         self.val_loss = MeanMetric()
         self.test_results: dict[str, dict[str, float]] = {}
 
+    def _build_model(
+        self,
+        backbone: PreTrainedModel | None,
+        model_config: dict[str, Any] | None,
+        head_cfg: Mapping[str, Any],
+        non_residue_ids: list[int] | None,
+        label_mean: float | None,
+    ) -> PreTrainedModel:
+        """The task model: from the pretrained `backbone` (weights copied in), or empty from a saved config."""
+        cls = self.kind.model_class
+        if backbone is None:
+            return cls(FastAnkhConfig.from_dict(model_config))
+        if isinstance(backbone, cls):  # masked_lm: FastAnkhForMaskedLM is already the task model
+            head_choice(self.task, head_cfg)  # refuses a head other than auto
+            return backbone
+        rng = torch.random.get_rng_state()
+        model = cls(task_model_config(self.task, head_cfg, backbone.config, non_residue_ids))
+        model.model = backbone  # the pretrained encoder object itself becomes the task model's encoder
+        # Redraw the head from the RNG state before the throw-away encoder init: a seeded run's head starts as
+        # when it was built on its own (same draws for heads of Linears; convbert's attention draws in
+        # another order), and everything after it sees the same random stream.
+        torch.random.set_rng_state(rng)
+        model.head.apply(model._init_weights)
+        if self.task.regression and label_mean is not None:
+            # As in the Ankh regression head: predictions start at the mean, so early MSE is the variance.
+            nn.init.constant_(model.head.out.bias, float(label_mean))
+        return model.to(backbone.dtype)
+
+    # ------------------------------------------------------------------ parts of the task model
+    @property
+    def task_model(self) -> PreTrainedModel:
+        """The task model itself (under LoRA: inside the peft model, adapters injected in place)."""
+        return self.model.get_base_model() if hasattr(self.model, "peft_config") else self.model
+
+    @property
+    def encoder(self) -> FastAnkhModel:
+        return self.task_model.model
+
+    @property
+    def head(self) -> nn.Module:
+        return getattr(self.task_model, self.kind.head_attribute)
+
+    @property
+    def lora(self) -> bool:
+        return hasattr(self.model, "peft_config")
+
+    def merged_model(self) -> PreTrainedModel:
+        """The task model with LoRA folded into the encoder weights (a copy: this module stays as trained);
+        without LoRA, the task model itself."""
+        return copy.deepcopy(self.model).merge_and_unload() if self.lora else self.model
+
     # ------------------------------------------------------------------ forward and loss
     def train(self, mode: bool = True) -> "FineTuneModule":
         super().train(mode)
-        if self.frozen:  # a frozen backbone never runs in train mode (no dropout)
-            self.backbone.eval()
+        if self.frozen:  # a frozen encoder never runs in train mode (no dropout)
+            self.encoder.eval()
         return self
 
-    def _backbone_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    def _encoder_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
     @torch.no_grad()
     def _cached_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Backbone output (B, T, D), running the backbone only on sequences not seen before."""
+        """Encoder output (B, T, D), running the encoder only on sequences not seen before."""
         lengths = attention_mask.sum(dim=1).tolist()
         keys = [input_ids[i, :n].cpu().numpy().tobytes() for i, n in enumerate(lengths)]
         new = [i for i, key in enumerate(keys) if key not in self.embedding_cache]
         if new:
-            hidden = self._backbone_hidden(input_ids[new], attention_mask[new])
+            hidden = self._encoder_hidden(input_ids[new], attention_mask[new])
             for row, i in enumerate(new):
                 self.embedding_cache[keys[i]] = hidden[row, : lengths[i]].cpu()
         rows = [self.embedding_cache[key] for key in keys]
@@ -110,39 +155,38 @@ class FineTuneModule(L.LightningModule):
             out[i, : row.shape[0]] = row
         return out.to(input_ids.device)
 
-    def forward(self, batch: Mapping[str, Any]) -> torch.Tensor:
-        """Logits: residue kinds (B, T, C), sequence kinds (B, C), masked_lm (B, T, V); regression drops C."""
+    def _model_logits(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """The task model's logits; a frozen encoder runs without autograd (or from the cache), then the head."""
         ids, mask = batch["input_ids"], batch["attention_mask"]
+        if not self.frozen:
+            extra = {} if self.kind.level == "token" else {"residue_mask": batch["residue_mask"]}
+            return self.model(input_ids=ids, attention_mask=mask, **extra).logits
         if self.embedding_cache is not None:
             hidden = self._cached_hidden(ids, mask)
-        elif self.frozen:
-            with torch.no_grad():
-                hidden = self._backbone_hidden(ids, mask)
         else:
-            hidden = self._backbone_hidden(ids, mask)
-        logits = self.head(hidden, batch["residue_mask"])
+            with torch.no_grad():
+                hidden = self._encoder_hidden(ids, mask)
+        if self.kind.level == "token":
+            return self.head(hidden)
+        return self.task_model.head_logits(hidden, batch["residue_mask"])
+
+    def forward(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """Logits: residue kinds (B, T, C), sequence kinds (B, C), masked_lm (B, T, V); regression drops C."""
+        logits = self._model_logits(batch)
         return logits.squeeze(-1) if self.task.regression else logits
 
-    def _counted(self, batch: Mapping[str, Any]) -> torch.Tensor | None:
-        """Bool mask of the label positions that count (None: every row of a sequence task)."""
-        if self.task.kind == "masked_lm":
-            return batch["labels"] != -100
-        return batch["label_mask"] if self.task.residue_level else None
-
     def loss(self, logits: torch.Tensor, batch: Mapping[str, Any]) -> tuple[torch.Tensor, int]:
-        """The task's loss in fp32 over counted positions, and how many positions counted."""
-        labels, counted = batch["labels"], self._counted(batch)
-        if counted is not None:
-            logits, labels = logits[counted], labels[counted]
-        n = labels.shape[0]
-        if n == 0:  # e.g. every residue of the batch masked: no signal, but keep the graph
-            return logits.sum() * 0.0, 0
-        logits = logits.float()
-        if self.task.regression:
-            return F.mse_loss(logits, labels.float()), n
-        if self.task.kind == "sequence_multilabel":
-            return F.binary_cross_entropy_with_logits(logits, labels.float()), n
-        return F.cross_entropy(logits, labels), n
+        """The task model's loss (fp32, labelled positions only; see the batch contract in tasks/spec.py)
+        on `forward`'s logits, and how many positions counted."""
+        labels = batch["labels"]
+        if self.kind.level == "token":
+            # FastAnkhForMaskedLM's cross-entropy over the chosen tokens (-100 elsewhere), as its forward
+            counted = labels != IGNORE_INDEX
+            return counted_loss(logits, labels, counted, "single_label_classification"), int(counted.sum())
+        if self.kind.level == "residue":
+            loss = self.task_model.loss(logits, labels, batch["label_mask"], batch["residue_mask"])
+            return loss, int((batch["label_mask"] & batch["residue_mask"]).sum())
+        return self.task_model.loss(logits, labels), labels.shape[0]
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
@@ -199,10 +243,10 @@ class FineTuneModule(L.LightningModule):
             )
 
     def configure_optimizers(self) -> dict[str, Any]:
-        """AdamW: backbone at optim.lr, head at optim.head_lr; no weight decay on norms/biases."""
+        """AdamW: encoder ("backbone") at optim.lr, head at optim.head_lr; no weight decay on norms/biases."""
         o = self.hparams.optim
         groups = []
-        for part, module, lr in (("backbone", self.backbone, o["lr"]), ("head", self.head, o["head_lr"])):
+        for part, module, lr in (("backbone", self.encoder, o["lr"]), ("head", self.head, o["head_lr"])):
             params = [p for p in module.parameters() if p.requires_grad]
             decay, no_decay = [p for p in params if p.ndim >= 2], [p for p in params if p.ndim < 2]
             groups.append({"name": part, "params": decay, "lr": lr, "weight_decay": o["weight_decay"]})

@@ -6,13 +6,16 @@ Batch contract between the data module (tasks/data.py) and the model (tasks/modu
   input_ids      (B, T) long    token ids, right padded with 0; T = prefix + residues + </s>
   attention_mask (B, T) long    1 for real tokens
   residue_mask   (B, T) bool    True at residue tokens (not [NLU], </s> or padding)
-  labels         residue kinds: (B, T) long class ids (-100 = ignore) or float values (0 where ignored)
+  labels         residue kinds: (B, T) long class ids (-100 = ignore) or float values (0 where ignored:
+                 for regression only label_mask says which residues count)
                  sequence_classification: (B,) long; sequence_regression: (B,) float;
                  sequence_multilabel: (B, C) float 0/1
                  masked_lm: (B, T) long original ids at the chosen tokens, -100 elsewhere
                  (input_ids then hold the corrupted sequence)
   label_mask     residue kinds and masked_lm: (B, T) bool, True where a label counts (residue, unmasked)
   ids            list[str] record ids, for predictions
+The task model (tasks/kinds.py names its class) takes input_ids, attention_mask, residue_mask, labels and
+label_mask as they are and computes the loss itself (`loss` of its class in fastankh/modeling_tasks.py).
 """
 
 from __future__ import annotations
@@ -20,14 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-KINDS = (
-    "residue_classification",
-    "residue_regression",
-    "sequence_classification",
-    "sequence_multilabel",
-    "sequence_regression",
-    "masked_lm",  # BERT-style masking of the user's sequences; labels = original ids at masked tokens
-)
+from tasks.kinds import TASK_KINDS
+
+KINDS = tuple(TASK_KINDS)
 IGNORE_INDEX = -100
 
 
@@ -78,11 +76,11 @@ class TaskSpec:
 
     @property
     def residue_level(self) -> bool:
-        return self.kind.startswith("residue")
+        return TASK_KINDS[self.kind].level == "residue"
 
     @property
     def regression(self) -> bool:
-        return self.kind.endswith("regression")
+        return TASK_KINDS[self.kind].problem_type == "regression"
 
     @property
     def num_outputs(self) -> int:

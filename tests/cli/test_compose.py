@@ -16,7 +16,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 import tasks.schema  # noqa: F401  (registers the task schema, as train.py does)
-from tasks.heads import build_task_head
+from fastankh.heads import build_head
+from tasks.kinds import head_choice
 from tasks.spec import TaskSpec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,8 +79,9 @@ def test_every_head_builds_for_every_task_level_or_names_the_mismatch():
         level = "residue" if spec.residue_level else "sequence"
         for head, head_cfg in heads.items():
             head_cfg = {**head_cfg, "num_heads": 2} if "num_heads" in head_cfg else head_cfg
+            name, head_options = head_choice(spec, head_cfg)  # the name and options the task model's config gets
             if head in ("auto", "convbert") or (head in ("linear", "mlp")) == spec.residue_level:
-                built = build_task_head(spec, head_cfg, d_model=16).eval()
+                built = build_head(level, name, 16, spec.num_outputs, **head_options).eval()
                 with torch.no_grad():
                     out = built(hidden, residue_mask)
                     alone = built(hidden[1:2, :5], residue_mask[1:2, :5])  # row 1 unpadded: 4 residues + </s>
@@ -91,7 +93,7 @@ def test_every_head_builds_for_every_task_level_or_names_the_mismatch():
                 torch.testing.assert_close(padded, unpadded, atol=1e-6, rtol=0, msg=f"{task} {head}")
             else:
                 with pytest.raises(ValueError, match=f"unknown {level} head '{head}'"):
-                    build_task_head(spec, head_cfg, d_model=16)
+                    build_head(level, name, 16, spec.num_outputs, **head_options)
 
 
 def test_quickstart_optuna_and_strategies_compose():

@@ -29,10 +29,12 @@ from fastankh import (
     FastAnkhConfig, FastAnkhForSequenceClassification, FastAnkhForTokenClassification, FastAnkhModel, load_tokenizer,
     prefix_length,
 )
-from tasks.export import Run, build_task_model, export_checkpoint, task_config
+from tasks.export import export_checkpoint
+from tasks.kinds import non_residue_token_ids
 from tasks.module import FineTuneModule
 from tasks.predict import load_task_model
 from tests.fastankh.test_model import BLOCK_FASTANKH
+from tasks.spec import IGNORE_INDEX
 from tests.tasks.synthetic import make_batch, make_module
 
 REPO = Path(__file__).resolve().parents[2]
@@ -290,21 +292,69 @@ def test_cli_push_uploads_the_exported_folder(runs, tmp_path, monkeypatch):
     [("residue_classification", "mlp"), ("residue_regression", "linear"), ("sequence_classification", "max"),
      ("sequence_multilabel", "attention"), ("sequence_regression", "mean")],
 )
-def test_task_model_logits_and_loss_equal_the_module(kind, head):
-    """Every task kind: the exported class computes the module's logits and loss from ids alone."""
-    module = make_module(kind, head={"name": head, "dropout": 0.0}).eval()
-    run = Run(module, Path("unused.ckpt"), config=None, test_metrics=None)
-    model = build_task_model(run, task_config(run, load_tokenizer("ankh_tiny")))
+def test_saved_task_model_logits_and_loss_equal_the_module(kind, head, tmp_path):
+    """Every task kind: the module's task model, saved and reloaded, computes the module's logits and loss
+    from ids alone. Residue kinds: residues without a label (a mask column) count in neither loss."""
+    tokenizer = load_tokenizer("ankh_tiny")
+    module = make_module(kind, head={"name": head, "dropout": 0.0}, non_residue_token_ids=non_residue_token_ids(tokenizer))
+    module.eval().merged_model().save_pretrained(tmp_path)
+    model = module.kind.model_class.from_pretrained(tmp_path).eval()
     batch = make_batch(module.task, [7, 3, 5])
+    if module.task.residue_level:  # as the data module encodes a mask column: label_mask False, label ignored
+        batch["label_mask"][0, 1:4] = False
+        batch["label_mask"][2, 0] = False
+        batch["labels"][~batch["label_mask"]] = 0.0 if module.task.regression else IGNORE_INDEX
     with torch.no_grad():
         expected = module(batch)
         expected_loss, _ = module.loss(expected, batch)
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
+                    label_mask=batch.get("label_mask"))
     logits = out.logits.squeeze(-1) if module.task.regression else out.logits
     if module.task.residue_level:
         logits, expected = logits[batch["residue_mask"]], expected[batch["residue_mask"]]
     torch.testing.assert_close(logits, expected, atol=1e-6, rtol=0)
     torch.testing.assert_close(out.loss, expected_loss, atol=1e-6, rtol=1e-6)
+
+
+def test_residue_regression_loss_counts_labelled_residues_in_training_and_export(tmp_path):
+    """A mask column's unlabelled residues: the same loss in FineTuneModule and the exported model, by hand
+    over labelled residues only, and with NaN labels instead of label_mask (the convention without a mask)."""
+    tokenizer = load_tokenizer("ankh_tiny")
+    module = make_module("residue_regression", non_residue_token_ids=non_residue_token_ids(tokenizer)).eval()
+    module.merged_model().save_pretrained(tmp_path)
+    model = FastAnkhForTokenClassification.from_pretrained(tmp_path).eval()
+    batch = make_batch(module.task, [9, 4, 6], seed=1)
+    batch["label_mask"][0, 2:5] = False
+    batch["label_mask"][2, 0] = False
+    batch["labels"][~batch["label_mask"]] = 0.0  # what the data module writes at unlabelled residues
+    ids, mask, labels, counted = batch["input_ids"], batch["attention_mask"], batch["labels"], batch["label_mask"]
+    with torch.no_grad():
+        logits = module(batch)
+        trained, n = module.loss(logits, batch)
+        exported = model(input_ids=ids, attention_mask=mask, labels=labels, label_mask=counted).loss
+        nan_labels = model(input_ids=ids, attention_mask=mask, labels=labels.masked_fill(~counted, float("nan"))).loss
+        every_residue = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    by_hand = ((logits[counted] - labels[counted]) ** 2).mean()
+    assert n == 9 + 4 + 6 - 4
+    torch.testing.assert_close(trained, by_hand)
+    torch.testing.assert_close(exported, trained, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(nan_labels, trained, atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(every_residue, trained)  # the unlabelled zeros would count without a mask
+
+
+def test_exported_folder_loads_the_fine_tuned_encoder_with_automodel(exports):
+    """config.json's auto_map names AutoModel: it gives the fine-tuned encoder (the `model.` prefix stripped)."""
+    from transformers import AutoModel
+
+    folder = exports["residue"]
+    assert json.loads((folder / "config.json").read_text())["auto_map"]["AutoModel"] == "modeling_fastankh.FastAnkhModel"
+    encoder = AutoModel.from_pretrained(folder, trust_remote_code=True)
+    assert type(encoder).__name__ == "FastAnkhModel"
+    weights = load_file(folder / "model.safetensors")
+    state = encoder.state_dict()
+    assert {f"model.{k}" for k in state} == {k for k in weights if k.startswith("model.")}
+    for name, value in state.items():
+        assert torch.equal(value, weights[f"model.{name}"]), name
 
 
 def test_task_model_loads_an_original_t5_checkpoint_as_its_encoder(t5_checkpoint):

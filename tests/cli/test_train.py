@@ -143,7 +143,7 @@ def test_masked_lm_saves_a_backbone_that_model_path_loads(tmp_path):
     assert (saved / "config.json").is_file() and (saved / "tokenizer.json").is_file()
     adapted = FastAnkhModel.from_pretrained(saved)
     best = torch.load(next((out / "checkpoints").glob("epoch*.ckpt")), weights_only=False)["state_dict"]
-    torch.testing.assert_close(adapted.embed_tokens.weight, best["backbone.embed_tokens.weight"], atol=0, rtol=0)
+    torch.testing.assert_close(adapted.embed_tokens.weight, best["model.model.embed_tokens.weight"], atol=0, rtol=0)
     downstream = run(tmp_path / "next", "task=ss3_local", f"model.path={saved}")
     assert "q3" in metrics_of(downstream)["test"]
 

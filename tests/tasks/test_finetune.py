@@ -26,6 +26,11 @@ LINEAR_HEAD = D * C + C  # head=auto for residue kinds
 MEAN_HEAD = D * (D // 2) + D // 2 + (D // 2) * C + C  # head=auto for sequence kinds: MLP D -> D/2 -> C
 
 
+def is_head(name: str) -> bool:
+    """A parameter of the task model's head (model.head.*, or under LoRA model.base_model.model.head.*)."""
+    return ".head." in f".{name}"
+
+
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in module.named_parameters()}
 
@@ -42,14 +47,14 @@ def batches() -> list[dict]:
 
 def test_frozen_trains_only_the_head_and_keeps_the_backbone_in_eval_mode(batches):
     module = make_module("residue_classification", "frozen")
-    assert not any(p.requires_grad for p in module.backbone.parameters())
+    assert not any(p.requires_grad for p in module.encoder.parameters())
     assert module.param_counts.trainable == LINEAR_HEAD
     assert module.param_counts.total == LINEAR_HEAD + backbone_params(2)
     before = snapshot(module)
     fit(module, batches, steps=3)
-    assert changed(before, module) == {n for n in before if n.startswith("head.")}
+    assert changed(before, module) == {n for n in before if is_head(n)}
     module.train()
-    assert module.head.training and not module.backbone.training
+    assert module.head.training and not module.encoder.training
 
 
 def test_full_trains_every_parameter():
@@ -68,14 +73,14 @@ def test_partial_trains_the_last_blocks_and_final_norm(batches):
     assert module.param_counts.total == LINEAR_HEAD + backbone_params(3)
     trainable = {
         ".".join(n.split(".")[:3]) if n.startswith("encoder.layers.") else n
-        for n, p in module.backbone.named_parameters()
+        for n, p in module.encoder.named_parameters()
         if p.requires_grad
     }
     assert trainable == {"encoder.layers.1", "encoder.layers.2", "encoder.final_norm.weight"}
     before = snapshot(module)
     fit(module, batches, steps=2)
-    assert {n for n in changed(before, module) if n.startswith("backbone.")} == {
-        n for n, p in module.named_parameters() if n.startswith("backbone.") and p.requires_grad
+    assert {n for n in changed(before, module) if n.startswith("model.model.")} == {
+        n for n, p in module.named_parameters() if n.startswith("model.model.") and p.requires_grad
     }
     with pytest.raises(ValueError, match="trainable_layers=4: the backbone has 3 blocks"):
         make_module("residue_classification", "partial", num_layers=3, finetune=partial(4))
@@ -91,11 +96,11 @@ def test_lora_trains_only_adapters_and_head_and_base_weights_stay_bit_identical(
     fit(module, batches, steps=4)
     moved = changed(before, module)
     assert moved, "nothing trained"
-    assert all("lora_" in n or n.startswith("head.") for n in moved)
-    assert any("lora_B" in n for n in moved) and any(n.startswith("head.") for n in moved)
-    base = {n for n in before if "lora_" not in n and not n.startswith("head.")}
+    assert all("lora_" in n or is_head(n) for n in moved)
+    assert any("lora_B" in n for n in moved) and any(is_head(n) for n in moved)
+    base = {n for n in before if "lora_" not in n and not is_head(n)}
     assert base and not (base & moved)  # every base weight (embeddings, q/k/v/o, FFN, norms) untouched
-    wrapped = {n.rsplit(".", 1)[0].split(".")[-1] for n, _ in module.backbone.named_modules() if n.endswith("lora_A")}
+    wrapped = {n.rsplit(".", 1)[0].split(".")[-1] for n, _ in module.encoder.named_modules() if n.endswith("lora_A")}
     assert wrapped == {"q", "k", "v", "o"}  # "o" does not also catch "wo"
 
 
@@ -105,8 +110,8 @@ def test_default_lora_config_adapts_q_k_v_o_of_every_block():
         finetune = OmegaConf.to_container(compose("config", overrides=["finetune=lora"]).finetune)
     module = make_module("sequence_classification", "lora", num_layers=3, finetune=finetune)
     wrapped = {
-        name.removeprefix("base_model.model.").removesuffix(".lora_A")
-        for name, _ in module.backbone.named_modules()
+        name.removesuffix(".lora_A")
+        for name, _ in module.encoder.named_modules()
         if name.endswith(".lora_A")
     }
     assert wrapped == {f"encoder.layers.{i}.attention.{linear}" for i in range(3) for linear in ("q", "k", "v", "o")}
@@ -115,7 +120,7 @@ def test_default_lora_config_adapts_q_k_v_o_of_every_block():
 def test_lora_on_the_ffn_and_targets_that_match_nothing():
     ffn = {"mode": "lora", "r": 2, "alpha": 4, "dropout": 0.0, "target_modules": ["q", "v", "wi_0", "wi_1", "wo"]}
     module = make_module("sequence_regression", "lora", finetune=ffn)
-    wrapped = {n.rsplit(".", 1)[0].split(".")[-1] for n, _ in module.backbone.named_modules() if n.endswith("lora_A")}
+    wrapped = {n.rsplit(".", 1)[0].split(".")[-1] for n, _ in module.encoder.named_modules() if n.endswith("lora_A")}
     assert wrapped == {"q", "v", "wi_0", "wi_1", "wo"}
     for targets, bad in ((["query", "value"], "query"), (["q", "dense"], "dense"), ([], "empty")):
         with pytest.raises(ValueError, match=f"{bad}.*match no Linear of the backbone"):
@@ -126,7 +131,7 @@ def test_frozen_cache_runs_the_backbone_once_per_sequence_and_changes_nothing(ba
     cached = make_module("residue_classification", "frozen", finetune={"mode": "frozen", "cache_embeddings": True})
     plain = make_module("residue_classification", "frozen")
     sequences = []
-    cached.backbone.register_forward_hook(
+    cached.encoder.register_forward_hook(
         lambda m, args, kwargs, out: sequences.append(kwargs["input_ids"].shape[0]), with_kwargs=True
     )
     cached.eval(), plain.eval()

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from fastankh.heads import MaskedPooling, build_head
-from tasks.heads import build_task_head, head_spec
+from tasks.kinds import head_choice
 from tasks.spec import TaskSpec
+from tests.tasks.synthetic import make_module
 
 D, C = 16, 5
 PREFIX = 1  # an [NLU]-like token before the residues, as in ANKH3
@@ -101,8 +102,10 @@ def test_builder_names_the_problem():
 def test_auto_head_and_regression_bias_start_at_the_label_mean():
     residue = TaskSpec(name="r", kind="residue_regression", data={})
     sequence = TaskSpec(name="s", kind="sequence_classification", data={}, labels=["a", "b"])
-    assert head_spec(residue, {"name": "auto", "dropout": 0.1})["name"] == "linear"
-    assert head_spec(sequence, {"name": "auto", "dropout": 0.1, "hidden_dim": None})["name"] == "mean"
-    head = build_task_head(residue, {"name": "convbert", "num_heads": 2}, D, label_mean=0.37)
+    assert head_choice(residue, {"name": "auto", "dropout": 0.1}) == ("linear", {"dropout": 0.1})
+    assert head_choice(sequence, {"name": "auto", "dropout": 0.1, "hidden_dim": None}) == ("mean", {"dropout": 0.1})
+    head = make_module("residue_regression", head={"name": "convbert", "num_heads": 2}, label_mean=0.37).head
     assert head.out.bias.item() == pytest.approx(0.37)
-    assert build_task_head(sequence, {"name": "auto"}, D).out.out_features == 2
+    assert make_module("sequence_classification", head={"name": "auto"}).head.out.out_features == 3
+    with pytest.raises(ValueError, match="use head=auto, not 'mean'"):
+        make_module("masked_lm", head={"name": "mean"})

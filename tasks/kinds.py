@@ -1,0 +1,137 @@
+"""The one table of task kinds: for each kind, the model class it trains and exports, its problem_type,
+its default head and its metrics. Training (tasks/module.py), export (tasks/export.py), predict
+(tasks/predict.py), metrics (tasks/metrics.py) and the task spec (tasks/spec.py) all read it.
+
+It names model classes by string and imports nothing heavy, so `train.py --help` stays torch-free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from fastankh import FastAnkhConfig
+    from tasks.spec import TaskSpec
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    model_class_name: str  # a class exported by fastankh
+    problem_type: str | None  # config.problem_type of the model (None: masked_lm)
+    level: str  # "residue" | "sequence" | "token" (masked_lm: every token, the vocabulary head)
+    default_head: str | None  # head=auto; None: the model's own head (masked_lm's lm_head)
+    metrics: tuple[str, ...]  # every metric the kind offers
+    # reported when a task lists none; "accuracy" of residue_classification reads q3 / q8 by class count
+    default_metrics: tuple[str, ...]
+
+    @property
+    def model_class(self) -> type[PreTrainedModel]:
+        import fastankh
+
+        return getattr(fastankh, self.model_class_name)
+
+    @property
+    def head_attribute(self) -> str:
+        """Name of the model's head submodule (trained at head_lr, saved whole next to LoRA adapters)."""
+        return "lm_head" if self.level == "token" else "head"
+
+
+_REGRESSION_METRICS = ("spearman", "pearson", "r2", "rmse")
+_CLASS_METRICS = ("accuracy", "mcc", "f1", "auroc")
+TASK_KINDS: dict[str, Kind] = {
+    k.name: k
+    for k in (
+        Kind(
+            "residue_classification", "FastAnkhForTokenClassification", "single_label_classification", "residue",
+            "linear", ("q3", "q8", "accuracy", "per_protein_accuracy", "mcc", "f1", "auroc"),
+            ("accuracy", "per_protein_accuracy", "mcc", "f1"),
+        ),
+        Kind(
+            "residue_regression", "FastAnkhForTokenClassification", "regression", "residue", "linear",
+            _REGRESSION_METRICS, _REGRESSION_METRICS,
+        ),
+        Kind(
+            "sequence_classification", "FastAnkhForSequenceClassification", "single_label_classification",
+            "sequence", "mean", _CLASS_METRICS, _CLASS_METRICS,
+        ),
+        Kind(
+            "sequence_multilabel", "FastAnkhForSequenceClassification", "multi_label_classification", "sequence",
+            "mean", ("f1", "auroc"), ("f1", "auroc"),
+        ),
+        Kind(
+            "sequence_regression", "FastAnkhForSequenceClassification", "regression", "sequence", "mean",
+            _REGRESSION_METRICS, _REGRESSION_METRICS,
+        ),
+        # BERT-style masking of the user's sequences; labels = original ids at masked tokens
+        Kind(
+            "masked_lm", "FastAnkhForMaskedLM", None, "token", None, ("masked_accuracy", "perplexity"),
+            ("masked_accuracy", "perplexity"),
+        ),
+    )
+}
+
+
+def kind_of_model(architecture: str, problem_type: str | None) -> str:
+    """The kind an exported config encodes (config.architectures[0], config.problem_type): the table, inverted."""
+    found = [k.name for k in TASK_KINDS.values() if (k.model_class_name, k.problem_type) == (architecture, problem_type)]
+    if len(found) != 1:
+        raise ValueError(f"no task kind has model {architecture!r} with problem_type {problem_type!r}")
+    return found[0]
+
+
+def head_choice(task: TaskSpec, head_cfg: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(head name, head options) of the Hydra `head` group for this task; head=auto reads the table."""
+    kind = TASK_KINDS[task.kind]
+    name = head_cfg["name"]
+    if kind.default_head is None:
+        if name != "auto":
+            raise ValueError(f"task {task.name} trains the model's own {kind.head_attribute}; use head=auto, not {name!r}")
+        return name, {}
+    options = {k: v for k, v in dict(head_cfg).items() if k != "name" and v is not None}
+    return (kind.default_head if name == "auto" else name), options
+
+
+def non_residue_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Ids the task model's heads never read: padding, </s> and the specials around every sequence ([NLU])."""
+    template = tokenizer("")["input_ids"]
+    return sorted({tokenizer.pad_token_id, tokenizer.eos_token_id, *template})
+
+
+def task_model_config(
+    task: TaskSpec, head_cfg: Mapping[str, Any], encoder_config: FastAnkhConfig, non_residue_ids: list[int] | None
+) -> FastAnkhConfig:
+    """Encoder config + the task fields `fastankh.modeling_tasks` reads: labels, problem_type, head, specials.
+
+    The model built from it is the model trained, checkpointed and exported (config.json as is).
+    """
+    from fastankh import FastAnkhConfig
+
+    kind = TASK_KINDS[task.kind]
+    config = FastAnkhConfig.from_dict(encoder_config.to_dict())
+    config.finetuning_task = task.name
+    # Only the entries an export serves (a base checkpoint's own auto_map may name other files); saving adds
+    # the model class's AutoModelFor* entry. AutoModel gives the fine-tuned encoder (base_model_prefix "model").
+    config.auto_map = {
+        "AutoConfig": "configuration_fastankh.FastAnkhConfig", "AutoModel": "modeling_fastankh.FastAnkhModel",
+    }
+    name, options = head_choice(task, head_cfg)
+    if kind.default_head is None:  # masked_lm: the vocabulary head of FastAnkhForMaskedLM
+        return config
+    if task.regression:
+        config.id2label = {0: task.data.label_column}
+    else:
+        config.id2label = dict(enumerate(str(label) for label in task.labels))
+    config.label2id = {label: i for i, label in config.id2label.items()}
+    config.problem_type = kind.problem_type
+    config.head_name, config.head_kwargs = name, options
+    if non_residue_ids is not None:
+        config.non_residue_token_ids = list(non_residue_ids)
+    return config
+
+
+__all__ = ["Kind", "TASK_KINDS", "kind_of_model", "head_choice", "non_residue_token_ids", "task_model_config"]
