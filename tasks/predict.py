@@ -34,6 +34,7 @@ from fastankh.records import Record, RecordError
 from fastankh.records import read_records as _read_records
 from fastankh.tokenization import prefix_length
 from tasks.data_sources import DataError
+from tasks.kinds import TASK_KINDS, kind_of_model
 from tasks.outputs import atomic_path
 
 OUTPUT_SUFFIXES = (".csv", ".parquet")
@@ -68,13 +69,8 @@ def check_records(records: Sequence[Record], source: str, max_length: int | None
 
 
 def task_kind(config: Any) -> str:
-    """The tasks/spec.py kind an exported config encodes (architecture + problem_type)."""
-    residue = (config.architectures or [""])[0].endswith("TokenClassification")
-    if config.problem_type == "regression":
-        return "residue_regression" if residue else "sequence_regression"
-    if residue:
-        return "residue_classification"
-    return "sequence_multilabel" if config.problem_type == "multi_label_classification" else "sequence_classification"
+    """The task kind an exported config encodes (architecture + problem_type), read from tasks/kinds.py."""
+    return kind_of_model((config.architectures or [""])[0], config.problem_type)
 
 
 def _repo_file(name_or_path: str, filename: str) -> str | None:
@@ -97,7 +93,7 @@ def load_task_model(name_or_path: str | os.PathLike, device: str | torch.device 
     name = os.fspath(name_or_path)
     config = AutoConfig.from_pretrained(name)
     kind = task_kind(config)
-    auto = AutoModelForTokenClassification if kind.startswith("residue") else AutoModelForSequenceClassification
+    auto = AutoModelForTokenClassification if TASK_KINDS[kind].level == "residue" else AutoModelForSequenceClassification
     adapter = _repo_file(name, "adapter_config.json")
     if adapter is not None:
         from peft import PeftModel
