@@ -57,17 +57,27 @@ def embed(cfg: DictConfig) -> dict[str, torch.Tensor]:
     encoder = load_encoder(cfg.model, cfg.attn_backend).to(device)
     try:
         return embed_dataset(
-            encoder, {r.id: r.sequence for r in records}, tokenizer=load_tokenizer(cfg.model),
-            batch_size=cfg.batch_size, max_len=cfg.max_length, full_embeddings=cfg.full, pooling=cfg.pooling,
-            save_path=cfg.output, dtype=getattr(torch, cfg.dtype), max_tokens=cfg.max_tokens,
-            progress=cfg.progress, truncate=cfg.truncate, save_every=cfg.save_every,
+            encoder,
+            {r.id: r.sequence for r in records},
+            tokenizer=load_tokenizer(cfg.model),
+            batch_size=cfg.batch_size,
+            max_len=cfg.max_length,
+            full_embeddings=cfg.full,
+            pooling=cfg.pooling,
+            save_path=cfg.output,
+            dtype=getattr(torch, cfg.dtype),
+            max_tokens=cfg.max_tokens,
+            progress=cfg.progress,
+            truncate=cfg.truncate,
+            save_every=cfg.save_every,
         )
     except ValueError as err:  # a bad record (named) or an output file written with other options
         message = str(err)
         for key, location in where.items():  # name the file row, not the dict key embed_dataset saw
             message = message.replace(f"record {key!r}: ", f"{location}: ", 1)
-        message = message.replace("max_len=", "max_length=").replace("raise max_len or pass truncate=True",
-                                                                       "raise max_length or set truncate=true")
+        message = message.replace("max_len=", "max_length=").replace(
+            "raise max_len or pass truncate=True", "raise max_length or set truncate=true"
+        )
         raise DataError(message) from None
 
 

@@ -20,8 +20,13 @@ def main(cfg: DictConfig) -> None:
     if cfg.push_to_hub and not cfg.repo_id:
         raise ValueError("push_to_hub=true needs repo_id=ORG/NAME")
     folder = export_checkpoint(
-        cfg.checkpoint, cfg.output_dir, merge_lora=cfg.merge_lora, run_dir=cfg.run_dir,
-        base_model=cfg.base_model, overwrite=cfg.overwrite, repo_id=cfg.repo_id,
+        cfg.checkpoint,
+        cfg.output_dir,
+        merge_lora=cfg.merge_lora,
+        run_dir=cfg.run_dir,
+        base_model=cfg.base_model,
+        overwrite=cfg.overwrite,
+        repo_id=cfg.repo_id,
     )
     print(f"exported {cfg.checkpoint} -> {folder}")
     if cfg.push_to_hub:

@@ -23,9 +23,17 @@ def main(cfg: DictConfig) -> None:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     try:
         skipped = predict_file(
-            cfg.model, cfg.input, cfg.output, batch_size=cfg.batch_size, on_invalid=cfg.on_invalid,
-            id_column=cfg.id_column, sequence_column=cfg.sequence_column, max_length=cfg.max_length,
-            device=device, progress=cfg.progress, report=lambda line: print(f"skipping {line}", file=sys.stderr),
+            cfg.model,
+            cfg.input,
+            cfg.output,
+            batch_size=cfg.batch_size,
+            on_invalid=cfg.on_invalid,
+            id_column=cfg.id_column,
+            sequence_column=cfg.sequence_column,
+            max_length=cfg.max_length,
+            device=device,
+            progress=cfg.progress,
+            report=lambda line: print(f"skipping {line}", file=sys.stderr),
         )
     except DataError as err:  # bad input: its lines name the file and record; no traceback
         raise SystemExit(f"error: {err}") from None

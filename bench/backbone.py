@@ -40,10 +40,17 @@ def make_checkpoint(path: str, layers: int, preset: str) -> None:
 
     p = PRESETS[preset]
     config = T5Config(
-        vocab_size=p["vocab_size"], d_model=p["d_model"], d_kv=p["d_kv"], d_ff=p["d_ff"], num_layers=layers,
-        num_heads=p["num_heads"], relative_attention_num_buckets=64, relative_attention_max_distance=128,
+        vocab_size=p["vocab_size"],
+        d_model=p["d_model"],
+        d_kv=p["d_kv"],
+        d_ff=p["d_ff"],
+        num_layers=layers,
+        num_heads=p["num_heads"],
+        relative_attention_num_buckets=64,
+        relative_attention_max_distance=128,
         feed_forward_proj="gated-gelu" if p["dense_act_fn"] == "gelu_new" else "gated-silu",
-        dropout_rate=0.0, tie_word_embeddings=False,
+        dropout_rate=0.0,
+        tie_word_embeddings=False,
     )
     torch.manual_seed(0)
     T5EncoderModel(config).save_pretrained(path)
@@ -155,9 +162,31 @@ def run_one(args, impl: str, length: int, mode: str) -> dict | None:
 
 def _subprocess(args, impl: str, length: int, mode: str, what: str, env: dict) -> dict | None:
     cmd = [
-        sys.executable, __file__, "--_measure", "--ckpt", args.ckpt, "--impl", impl, "--length", str(length),
-        "--mode", mode, "--batch", str(args.batch), "--reps", str(args.reps), "--device", args.device,
-        "--dtype", args.dtype, "--threads", str(args.threads), "--what", what, "--inputs", args.inputs,
+        sys.executable,
+        __file__,
+        "--_measure",
+        "--ckpt",
+        args.ckpt,
+        "--impl",
+        impl,
+        "--length",
+        str(length),
+        "--mode",
+        mode,
+        "--batch",
+        str(args.batch),
+        "--reps",
+        str(args.reps),
+        "--device",
+        args.device,
+        "--dtype",
+        args.dtype,
+        "--threads",
+        str(args.threads),
+        "--what",
+        what,
+        "--inputs",
+        args.inputs,
     ]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if result.returncode != 0:
@@ -198,7 +227,9 @@ def main() -> None:
         args.ckpt = tmp
         make_checkpoint(tmp, args.layers, args.preset)
         rows = []
-        for inputs, length, mode, impl in itertools.product(args.inputs, args.lengths, ("forward", "train"), args.impls):
+        for inputs, length, mode, impl in itertools.product(
+            args.inputs, args.lengths, ("forward", "train"), args.impls
+        ):
             if impl == "transformers-sdpa" or (impl == "fastankh-flex" and mode == "train" and args.device == "cpu"):
                 continue  # the reference is measured per row below; no flex backward on CPU
             one = argparse.Namespace(**{**vars(args), "inputs": inputs})
@@ -206,39 +237,70 @@ def main() -> None:
             res = run_one(one, impl, length, mode)
             if base and res:
                 lengths = batch_lengths(length, args.batch, inputs)
-                rows.append(dict(
-                    impl=impl, inputs=inputs, length=length, mode=mode,
-                    padding=1 - sum(lengths) / (len(lengths) * max(lengths)),
-                    times=res["times"], ref_times=base["times"], seconds=statistics.median(res["times"]),
-                    ref_seconds=statistics.median(base["times"]),
-                    speedup=statistics.median(base["times"]) / statistics.median(res["times"]),
-                    peak_mib=res["peak_bytes"] / 2**20, ref_peak_mib=base["peak_bytes"] / 2**20,
-                    memory_ratio=res["peak_bytes"] / max(base["peak_bytes"], 1),
-                ))
+                rows.append(
+                    dict(
+                        impl=impl,
+                        inputs=inputs,
+                        length=length,
+                        mode=mode,
+                        padding=1 - sum(lengths) / (len(lengths) * max(lengths)),
+                        times=res["times"],
+                        ref_times=base["times"],
+                        seconds=statistics.median(res["times"]),
+                        ref_seconds=statistics.median(base["times"]),
+                        speedup=statistics.median(base["times"]) / statistics.median(res["times"]),
+                        peak_mib=res["peak_bytes"] / 2**20,
+                        ref_peak_mib=base["peak_bytes"] / 2**20,
+                        memory_ratio=res["peak_bytes"] / max(base["peak_bytes"], 1),
+                    )
+                )
                 print(json.dumps(rows[-1]), file=sys.stderr)
 
-    title = (f"{args.preset} widths, {args.layers} layers, batch {args.batch}, {args.device} {args.dtype}, "
-             f"{args.threads} threads; ratios vs transformers T5EncoderModel (sdpa)")
+    title = (
+        f"{args.preset} widths, {args.layers} layers, batch {args.batch}, {args.device} {args.dtype}, "
+        f"{args.threads} threads; ratios vs transformers T5EncoderModel (sdpa)"
+    )
     table = Table(title=title)
-    for col in ("impl", "inputs", "L", "pad", "step", "ms (min..max)", "ref ms (min..max)", "speed-up",
-                "peak MiB", "ref MiB", "memory ratio"):
+    for col in (
+        "impl",
+        "inputs",
+        "L",
+        "pad",
+        "step",
+        "ms (min..max)",
+        "ref ms (min..max)",
+        "speed-up",
+        "peak MiB",
+        "ref MiB",
+        "memory ratio",
+    ):
         table.add_column(col, justify="right")
 
     def spread(times: list[float]) -> str:
-        return f"{statistics.median(times)*1e3:.0f} ({min(times)*1e3:.0f}..{max(times)*1e3:.0f})"
+        return f"{statistics.median(times) * 1e3:.0f} ({min(times) * 1e3:.0f}..{max(times) * 1e3:.0f})"
 
     for r in rows:
         table.add_row(
-            r["impl"], r["inputs"], str(r["length"]), f"{r['padding']:.0%}", "fwd+bwd" if r["mode"] == "train" else "fwd",
-            spread(r["times"]), spread(r["ref_times"]), f"{r['speedup']:.2f}x", f"{r['peak_mib']:.0f}",
-            f"{r['ref_peak_mib']:.0f}", f"{r['memory_ratio']:.2f}x",
+            r["impl"],
+            r["inputs"],
+            str(r["length"]),
+            f"{r['padding']:.0%}",
+            "fwd+bwd" if r["mode"] == "train" else "fwd",
+            spread(r["times"]),
+            spread(r["ref_times"]),
+            f"{r['speedup']:.2f}x",
+            f"{r['peak_mib']:.0f}",
+            f"{r['ref_peak_mib']:.0f}",
+            f"{r['memory_ratio']:.2f}x",
         )
     Console(width=170).print(table)
     if args.json:
         from fastankh.atomic import atomic_path
 
         with atomic_path(args.json) as tmp, open(tmp, "w") as f:
-            json.dump({"args": {k: v for k, v in vars(args).items() if not k.startswith("_")}, "rows": rows}, f, indent=1)
+            json.dump(
+                {"args": {k: v for k, v in vars(args).items() if not k.startswith("_")}, "rows": rows}, f, indent=1
+            )
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ def main() -> None:
     counted = [y for labels, keep in zip(test["labels"], test["label_mask"]) for y, k in zip(labels, keep) if k]
     majority = Counter(counted).most_common(1)[0][1] / len(counted)
     verdict = "within" if elapsed <= BOUND_S else "OVER"
-    print(f"quickstart: {elapsed:.0f} s ({verdict} the {BOUND_S} s bound), test q3 {q3:.3f}, majority class {majority:.3f}")
+    print(f"quickstart: {elapsed:.0f} s ({verdict} the {BOUND_S} s bound), test q3 {q3:.3f}, majority {majority:.3f}")
 
 
 if __name__ == "__main__":

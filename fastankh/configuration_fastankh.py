@@ -12,38 +12,82 @@ from transformers import PreTrainedConfig
 ATTN_BACKENDS = ("sdpa", "flex", "kernels_flash")
 # Fields that fix what the weights mean: a checkpoint only loads with its own values of these.
 ARCHITECTURE_FIELDS = (
-    "vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads", "relative_attention_num_buckets",
-    "relative_attention_max_distance", "dense_act_fn", "feed_forward_proj",
+    "vocab_size",
+    "d_model",
+    "d_kv",
+    "d_ff",
+    "num_layers",
+    "num_heads",
+    "relative_attention_num_buckets",
+    "relative_attention_max_distance",
+    "dense_act_fn",
+    "feed_forward_proj",
 )
 
 # Shapes of the released ANKH encoders (see README "Models"). `hub_id` is the original
 # ElnaggarLab T5ForConditionalGeneration checkpoint that `from_pretrained` converts on the fly.
 PRESETS: dict[str, dict[str, Any]] = {
     "ankh_base": dict(
-        hub_id="ElnaggarLab/ankh-base", vocab_size=144, d_model=768, d_kv=64, d_ff=3072,
-        num_layers=48, num_heads=12, dense_act_fn="gelu_new",
+        hub_id="ElnaggarLab/ankh-base",
+        vocab_size=144,
+        d_model=768,
+        d_kv=64,
+        d_ff=3072,
+        num_layers=48,
+        num_heads=12,
+        dense_act_fn="gelu_new",
     ),
     "ankh_large": dict(
-        hub_id="ElnaggarLab/ankh-large", vocab_size=144, d_model=1536, d_kv=64, d_ff=3840,
-        num_layers=48, num_heads=16, dense_act_fn="gelu_new",
+        hub_id="ElnaggarLab/ankh-large",
+        vocab_size=144,
+        d_model=1536,
+        d_kv=64,
+        d_ff=3840,
+        num_layers=48,
+        num_heads=16,
+        dense_act_fn="gelu_new",
     ),
     "ankh2_large": dict(
-        hub_id="ElnaggarLab/ankh2-ext2", vocab_size=144, d_model=1536, d_kv=64, d_ff=3840,
-        num_layers=48, num_heads=16, dense_act_fn="silu",
+        hub_id="ElnaggarLab/ankh2-ext2",
+        vocab_size=144,
+        d_model=1536,
+        d_kv=64,
+        d_ff=3840,
+        num_layers=48,
+        num_heads=16,
+        dense_act_fn="silu",
     ),
     "ankh3_large": dict(
-        hub_id="ElnaggarLab/ankh3-large", vocab_size=256, d_model=1536, d_kv=64, d_ff=3840,
-        num_layers=48, num_heads=16, dense_act_fn="silu",
+        hub_id="ElnaggarLab/ankh3-large",
+        vocab_size=256,
+        d_model=1536,
+        d_kv=64,
+        d_ff=3840,
+        num_layers=48,
+        num_heads=16,
+        dense_act_fn="silu",
     ),
     "ankh3_xl": dict(
-        hub_id="ElnaggarLab/ankh3-xl", vocab_size=256, d_model=2560, d_kv=64, d_ff=6720,
-        num_layers=48, num_heads=32, dense_act_fn="silu",
+        hub_id="ElnaggarLab/ankh3-xl",
+        vocab_size=256,
+        d_model=2560,
+        d_kv=64,
+        d_ff=6720,
+        num_layers=48,
+        num_heads=32,
+        dense_act_fn="silu",
     ),
     # Same family, small enough for tests and the offline CPU quickstart (random init).
     # inner_dim = 4*32 = 128 != d_model = 96, like the large models.
     "ankh_tiny": dict(
-        hub_id=None, vocab_size=144, d_model=96, d_kv=32, d_ff=192,
-        num_layers=4, num_heads=4, dense_act_fn="gelu_new",
+        hub_id=None,
+        vocab_size=144,
+        d_model=96,
+        d_kv=32,
+        d_ff=192,
+        num_layers=4,
+        num_heads=4,
+        dense_act_fn="gelu_new",
     ),
 }
 
@@ -101,7 +145,7 @@ class FastAnkhConfig(PreTrainedConfig):
         return self.num_heads * self.d_kv
 
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> "FastAnkhConfig":
+    def from_preset(cls, name: str, **overrides: Any) -> FastAnkhConfig:
         """Config of a named ANKH model (`ankh_base`, ..., `ankh3_xl`, `ankh_tiny`) with overrides."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")

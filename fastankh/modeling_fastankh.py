@@ -70,9 +70,10 @@ def relative_position_bucket(relative_position: torch.Tensor, num_buckets: int, 
     n = relative_position.abs()
     max_exact = num_buckets // 2
     is_small = n < max_exact
-    large = max_exact + (
-        torch.log(n.float() / max_exact) / math.log(max_distance / max_exact) * (num_buckets - max_exact)
-    ).long()
+    large = (
+        max_exact
+        + (torch.log(n.float() / max_exact) / math.log(max_distance / max_exact) * (num_buckets - max_exact)).long()
+    )
     large = torch.clamp(large, max=num_buckets - 1)
     return buckets + torch.where(is_small, n, large)
 
@@ -111,7 +112,7 @@ class FastAnkhAttention(nn.Module):
         self.v = nn.Linear(config.d_model, inner, bias=False)
         self.o = nn.Linear(inner, config.d_model, bias=False)
 
-    def forward(self, x: torch.Tensor, attn: "AttentionInputs") -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn: AttentionInputs) -> torch.Tensor:
         """x: (N, d_model) packed real tokens -> (N, d_model); see `AttentionInputs` for the layout."""
         b, length = attn.batch, attn.length
 
@@ -156,7 +157,7 @@ class FastAnkhBlock(GradientCheckpointingLayer):
         self.ffn = FastAnkhFeedForward(config)
         self.dropout = nn.Dropout(config.dropout_rate)
 
-    def forward(self, x: torch.Tensor, attn: "AttentionInputs") -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn: AttentionInputs) -> torch.Tensor:
         x = x + self.dropout(self.attention(self.attn_norm(x), attn))
         return x + self.dropout(self.ffn(self.ffn_norm(x)))
 
@@ -325,7 +326,9 @@ class FastAnkhEncoder(nn.Module):
         hidden = padded(self.dropout(self.final_norm(hidden)))
         if output_hidden_states:
             all_hidden.append(hidden)
-        return BaseModelOutput(last_hidden_state=hidden, hidden_states=tuple(all_hidden) if output_hidden_states else None)
+        return BaseModelOutput(
+            last_hidden_state=hidden, hidden_states=tuple(all_hidden) if output_hidden_states else None
+        )
 
 
 def _refuse_attentions(output_attentions: bool | None) -> None:

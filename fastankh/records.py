@@ -119,9 +119,7 @@ def read_table(path: str | os.PathLike, id_column: str | None = "id", sequence_c
     suffix = file_suffix(path.name)
     if suffix in TABLE_SEPARATORS:
         try:
-            frame = pd.read_csv(
-                path, sep=TABLE_SEPARATORS[suffix], dtype=str, keep_default_na=False, na_values=[""]
-            )
+            frame = pd.read_csv(path, sep=TABLE_SEPARATORS[suffix], dtype=str, keep_default_na=False, na_values=[""])
         except pd.errors.EmptyDataError:
             raise RecordError(f"{path}: empty file (no header row)") from None
     elif suffix in PARQUET_SUFFIXES:
@@ -134,8 +132,7 @@ def read_table(path: str | os.PathLike, id_column: str | None = "id", sequence_c
         frame = pd.DataFrame(read_fasta_rows(path, id_column or "id", sequence_column))
     else:
         raise RecordError(
-            f"{path}: unknown file type {suffix or '(none)'}; use one of {', '.join(RECORD_SUFFIXES)} "
-            "(optionally .gz)"
+            f"{path}: unknown file type {suffix or '(none)'}; use one of {', '.join(RECORD_SUFFIXES)} (optionally .gz)"
         )
     frame = frame.reset_index(drop=True)
     frame[ROW] = list(range(1, len(frame) + 1))
@@ -158,9 +155,7 @@ class Record:
         return None if self.problem is None else f"{self.where}: {self.problem}"
 
 
-def records_of(
-    frame, source: str, id_column: str | None = "id", sequence_column: str = "sequence"
-) -> list[Record]:
+def records_of(frame, source: str, id_column: str | None = "id", sequence_column: str = "sequence") -> list[Record]:
     """Records of a table read by read_table; invalid sequences are kept with their `problem`."""
     if sequence_column not in frame.columns:
         columns = ", ".join(str(c) for c in frame.columns if c != ROW)
@@ -203,7 +198,20 @@ def read_fasta(path: str | os.PathLike) -> dict[str, str]:
 
 
 __all__ = [
-    "ALLOWED_RESIDUES", "FASTA_SUFFIXES", "RECORD_SUFFIXES", "ROW", "STANDARD_RESIDUES", "Record", "RecordError",
-    "cell_text", "clean_sequence", "file_suffix", "is_missing", "read_fasta", "read_records", "read_table",
-    "records_of", "where",
+    "ALLOWED_RESIDUES",
+    "FASTA_SUFFIXES",
+    "RECORD_SUFFIXES",
+    "ROW",
+    "STANDARD_RESIDUES",
+    "Record",
+    "RecordError",
+    "cell_text",
+    "clean_sequence",
+    "file_suffix",
+    "is_missing",
+    "read_fasta",
+    "read_records",
+    "read_table",
+    "records_of",
+    "where",
 ]

@@ -17,9 +17,21 @@ import torch
 from .configuration_fastankh import FastAnkhConfig
 
 T5_CONFIG_FIELDS = (
-    "vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads", "relative_attention_num_buckets",
-    "relative_attention_max_distance", "feed_forward_proj", "dense_act_fn", "layer_norm_epsilon",
-    "dropout_rate", "pad_token_id", "eos_token_id", "initializer_factor",
+    "vocab_size",
+    "d_model",
+    "d_kv",
+    "d_ff",
+    "num_layers",
+    "num_heads",
+    "relative_attention_num_buckets",
+    "relative_attention_max_distance",
+    "feed_forward_proj",
+    "dense_act_fn",
+    "layer_norm_epsilon",
+    "dropout_rate",
+    "pad_token_id",
+    "eos_token_id",
+    "initializer_factor",
 )
 
 

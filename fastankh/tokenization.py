@@ -88,8 +88,7 @@ def build_tokenizer(vocab: dict[str, int], nlu_prefix: bool | None = None) -> Pr
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=UNK, fuse_unk=False))
     # Stripping and uppercasing live in tokenizer.json so they travel with a saved checkpoint.
     tok.normalizer = normalizers.Sequence(
-        [normalizers.Replace(Regex(r"\s+"), "")]
-        + [normalizers.Replace(c, c.upper()) for c in string.ascii_lowercase]
+        [normalizers.Replace(Regex(r"\s+"), "")] + [normalizers.Replace(c, c.upper()) for c in string.ascii_lowercase]
     )
     tok.decoder = decoders.Fuse()
     specials = sorted((t for t in vocab if _is_markup(t)), key=vocab.__getitem__)
@@ -157,7 +156,8 @@ def _from_config(config: PreTrainedConfig, nlu_prefix: bool | None) -> PreTraine
         except OSError as err:  # offline, no access, ...: the built-in table still has the verified ids
             # (a tokenizer.json that arrives but cannot be read is a ValueError, never hidden this way)
             warnings.warn(
-                f"could not read {source}'s {TOKENIZER_FILE} ({type(err).__name__}); using the built-in ANKH table"
+                f"could not read {source}'s {TOKENIZER_FILE} ({type(err).__name__}); using the built-in ANKH table",
+                stacklevel=2,
             )
     if vocab is None:
         vocab = _table_for(getattr(config, "preset", None), config.vocab_size)
@@ -174,9 +174,7 @@ def _from_dir(path: str, nlu_prefix: bool | None) -> PreTrainedTokenizerFast:
         return build_tokenizer(vocab_from_tokenizer_json(file), nlu_prefix)
     config_file = os.path.join(path, "config.json")
     if not os.path.isfile(config_file):
-        raise FileNotFoundError(
-            f"{path}: no {TOKENIZER_FILE} and no config.json to pick a built-in ANKH vocabulary"
-        )
+        raise FileNotFoundError(f"{path}: no {TOKENIZER_FILE} and no config.json to pick a built-in ANKH vocabulary")
     with open(config_file) as f:
         config = json.load(f)
     return build_tokenizer(_table_for(config.get("preset"), config.get("vocab_size")), nlu_prefix)

@@ -124,8 +124,12 @@ class TaskDataModule(L.LightningDataModule):
             cache = Path(datasets.config.HF_DATASETS_CACHE) / "fastankh" / f"tokenized-{fingerprint}.arrow"
             cache.parent.mkdir(parents=True, exist_ok=True)
         dataset = Dataset.from_dict(columns).map(
-            tokenize, batched=True, remove_columns=["sequence"], cache_file_name=cache and str(cache),
-            new_fingerprint=fingerprint, desc=f"tokenize {name}",
+            tokenize,
+            batched=True,
+            remove_columns=["sequence"],
+            cache_file_name=cache and str(cache),
+            new_fingerprint=fingerprint,
+            desc=f"tokenize {name}",
         )
         expected = [prefix + len(s) + 1 for s in columns["sequence"]]
         for got, want, row, record_id in zip(dataset["length"][:], expected, columns["row"], columns["id"]):

@@ -159,8 +159,8 @@ def encode(table: Table, task: TaskSpec) -> dict[str, list]:
     for i, row in enumerate(frame[ROW].tolist()):
         record_id = None if _is_missing(ids[i]) else _text(ids[i])
 
-        def say(problem: str) -> None:
-            problems.add(row, record_id, problem)
+        def say(problem: str) -> None:  # called within this iteration only
+            problems.add(row, record_id, problem)  # noqa: B023
 
         try:  # the rule predict and embed apply too (fastankh.records)
             sequence = clean_sequence(cells[d.sequence_column][i])
@@ -169,8 +169,10 @@ def encode(table: Table, task: TaskSpec) -> dict[str, list]:
             continue
         n = len(sequence)
         if n > d.max_length and not d.truncate:
-            say(f"sequence length {n} > task.data.max_length {d.max_length} "
-                "(set task.data.truncate=true or raise task.data.max_length)")
+            say(
+                f"sequence length {n} > task.data.max_length {d.max_length} "
+                "(set task.data.truncate=true or raise task.data.max_length)"
+            )
             continue
         keep = min(n, d.max_length)
 

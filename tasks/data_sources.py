@@ -35,7 +35,7 @@ class Table:
     source: str
     frame: pd.DataFrame
 
-    def subset(self, mask: np.ndarray) -> "Table":
+    def subset(self, mask: np.ndarray) -> Table:
         return Table(self.source, self.frame[mask].reset_index(drop=True))
 
 

@@ -167,8 +167,13 @@ def export_checkpoint(
     return output_dir
 
 
-def push_folder(folder: str | os.PathLike, repo_id: str, private: bool = True, token: str | None = None,
-                commit_message: str = "Upload FastANKH fine-tuned model") -> str:
+def push_folder(
+    folder: str | os.PathLike,
+    repo_id: str,
+    private: bool = True,
+    token: str | None = None,
+    commit_message: str = "Upload FastANKH fine-tuned model",
+) -> str:
     """Create `repo_id` (if needed) and upload `folder` to it with huggingface_hub; returns the commit URL."""
     from huggingface_hub import HfApi
 

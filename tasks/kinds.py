@@ -47,29 +47,58 @@ TASK_KINDS: dict[str, Kind] = {
     k.name: k
     for k in (
         Kind(
-            "residue_classification", "FastAnkhForTokenClassification", "single_label_classification", "residue",
-            "linear", ("q3", "q8", "accuracy", "per_protein_accuracy", "mcc", "f1", "auroc"),
+            "residue_classification",
+            "FastAnkhForTokenClassification",
+            "single_label_classification",
+            "residue",
+            "linear",
+            ("q3", "q8", "accuracy", "per_protein_accuracy", "mcc", "f1", "auroc"),
             ("accuracy", "per_protein_accuracy", "mcc", "f1"),
         ),
         Kind(
-            "residue_regression", "FastAnkhForTokenClassification", "regression", "residue", "linear",
-            _REGRESSION_METRICS, _REGRESSION_METRICS,
+            "residue_regression",
+            "FastAnkhForTokenClassification",
+            "regression",
+            "residue",
+            "linear",
+            _REGRESSION_METRICS,
+            _REGRESSION_METRICS,
         ),
         Kind(
-            "sequence_classification", "FastAnkhForSequenceClassification", "single_label_classification",
-            "sequence", "mean", _CLASS_METRICS, _CLASS_METRICS,
+            "sequence_classification",
+            "FastAnkhForSequenceClassification",
+            "single_label_classification",
+            "sequence",
+            "mean",
+            _CLASS_METRICS,
+            _CLASS_METRICS,
         ),
         Kind(
-            "sequence_multilabel", "FastAnkhForSequenceClassification", "multi_label_classification", "sequence",
-            "mean", ("f1", "auroc"), ("f1", "auroc"),
+            "sequence_multilabel",
+            "FastAnkhForSequenceClassification",
+            "multi_label_classification",
+            "sequence",
+            "mean",
+            ("f1", "auroc"),
+            ("f1", "auroc"),
         ),
         Kind(
-            "sequence_regression", "FastAnkhForSequenceClassification", "regression", "sequence", "mean",
-            _REGRESSION_METRICS, _REGRESSION_METRICS,
+            "sequence_regression",
+            "FastAnkhForSequenceClassification",
+            "regression",
+            "sequence",
+            "mean",
+            _REGRESSION_METRICS,
+            _REGRESSION_METRICS,
         ),
         # BERT-style masking of the user's sequences; labels = original ids at masked tokens
         Kind(
-            "masked_lm", "FastAnkhForMaskedLM", None, "token", None, ("masked_accuracy", "perplexity"),
+            "masked_lm",
+            "FastAnkhForMaskedLM",
+            None,
+            "token",
+            None,
+            ("masked_accuracy", "perplexity"),
             ("masked_accuracy", "perplexity"),
         ),
     )
@@ -78,7 +107,9 @@ TASK_KINDS: dict[str, Kind] = {
 
 def kind_of_model(architecture: str, problem_type: str | None) -> str:
     """The kind an exported config encodes (config.architectures[0], config.problem_type): the table, inverted."""
-    found = [k.name for k in TASK_KINDS.values() if (k.model_class_name, k.problem_type) == (architecture, problem_type)]
+    found = [
+        k.name for k in TASK_KINDS.values() if (k.model_class_name, k.problem_type) == (architecture, problem_type)
+    ]
     if len(found) != 1:
         raise ValueError(f"no task kind has model {architecture!r} with problem_type {problem_type!r}")
     return found[0]
@@ -90,7 +121,9 @@ def head_choice(task: TaskSpec, head_cfg: Mapping[str, Any]) -> tuple[str, dict[
     name = head_cfg["name"]
     if kind.default_head is None:
         if name != "auto":
-            raise ValueError(f"task {task.name} trains the model's own {kind.head_attribute}; use head=auto, not {name!r}")
+            raise ValueError(
+                f"task {task.name} trains the model's own {kind.head_attribute}; use head=auto, not {name!r}"
+            )
         return name, {}
     options = {k: v for k, v in dict(head_cfg).items() if k != "name" and v is not None}
     return (kind.default_head if name == "auto" else name), options
@@ -117,7 +150,8 @@ def task_model_config(
     # Only the entries an export serves (a base checkpoint's own auto_map may name other files); saving adds
     # the model class's AutoModelFor* entry. AutoModel gives the fine-tuned encoder (base_model_prefix "model").
     config.auto_map = {
-        "AutoConfig": "configuration_fastankh.FastAnkhConfig", "AutoModel": "modeling_fastankh.FastAnkhModel",
+        "AutoConfig": "configuration_fastankh.FastAnkhConfig",
+        "AutoModel": "modeling_fastankh.FastAnkhModel",
     }
     name, options = head_choice(task, head_cfg)
     if kind.default_head is None:  # masked_lm: the vocabulary head of FastAnkhForMaskedLM

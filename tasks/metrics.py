@@ -17,7 +17,9 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torchmetrics import Metric, MetricCollection, classification as tmc, regression as tmr
+from torchmetrics import Metric, MetricCollection
+from torchmetrics import classification as tmc
+from torchmetrics import regression as tmr
 from torchmetrics.text import Perplexity
 
 from tasks.kinds import TASK_KINDS

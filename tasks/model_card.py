@@ -98,8 +98,14 @@ def card_metadata(
     pipeline_tag = "token-classification" if residue_level else "text-classification"
     results = [
         EvalResult(
-            task_type=pipeline_tag, task_name=task_name, dataset_type=dataset or task_name, dataset_name=split,
-            dataset_split=split, metric_type=metric, metric_name=metric, metric_value=float(value),
+            task_type=pipeline_tag,
+            task_name=task_name,
+            dataset_type=dataset or task_name,
+            dataset_name=split,
+            dataset_split=split,
+            metric_type=metric,
+            metric_name=metric,
+            metric_value=float(value),
         )
         for split, values in (test_metrics or {}).items()
         for metric, value in values.items()
@@ -117,13 +123,19 @@ def card_metadata(
     )
 
 
-def model_card(run: "Run", config: FastAnkhConfig, base_model: str | None, adapter: bool, repo: str) -> str:
+def model_card(run: Run, config: FastAnkhConfig, base_model: str | None, adapter: bool, repo: str) -> str:
     """README.md: front matter, task and labels, test metrics per split, usage, training config, citation."""
     task, auto_class = run.task, f"AutoModelFor{'Token' if run.task.residue_level else 'Sequence'}Classification"
     preset = ((run.config or {}).get("model") or {}).get("preset") or getattr(config, "preset", None)
     front = card_metadata(
-        task.name, task.kind, task.residue_level, base_model, preset, adapter,
-        model_name=repo.rstrip("/").split("/")[-1], test_metrics=run.test_metrics,
+        task.name,
+        task.kind,
+        task.residue_level,
+        base_model,
+        preset,
+        adapter,
+        model_name=repo.rstrip("/").split("/")[-1],
+        test_metrics=run.test_metrics,
         dataset=getattr(task.data, "hub_id", None),
     )
     labels = ", ".join(f"`{config.id2label[i]}`" for i in range(config.num_labels))
@@ -144,7 +156,9 @@ def model_card(run: "Run", config: FastAnkhConfig, base_model: str | None, adapt
         "sequence_regression": "the predicted value as the score (no activation)",
     }[task.kind]
     pipeline_usage = PIPELINE_USAGE.format(
-        pipeline_tag=front.pipeline_tag, repo=repo, returns=returns,
+        pipeline_tag=front.pipeline_tag,
+        repo=repo,
+        returns=returns,
         top_k=", top_k=None" if task.kind == "sequence_multilabel" else "",
     )
     sections = [
@@ -157,8 +171,8 @@ def model_card(run: "Run", config: FastAnkhConfig, base_model: str | None, adapt
         + (" (adapter-only export: LoRA weights + head, base loaded separately)" if adapter else "")
         + f"\n- labels ({config.num_labels}): {labels}",
         "## Test metrics\n\n" + _metrics_table(run.test_metrics),
-        "## How to use\n\n```python\n" + usage + "\n\nbatch = tokenizer([\"MKTAYIAKQRQISFVKSHFSRQ\"], padding=True, "
-        "return_tensors=\"pt\")\nlogits = model(**batch).logits\n```\n\nSequences are raw residue strings "
+        "## How to use\n\n```python\n" + usage + '\n\nbatch = tokenizer(["MKTAYIAKQRQISFVKSHFSRQ"], padding=True, '
+        'return_tensors="pt")\nlogits = model(**batch).logits\n```\n\nSequences are raw residue strings '
         "(one letter per residue); the tokenizer appends `</s>` (ANKH3: also prepends `[NLU]`). "
         "Per-residue outputs are meaningful at residue tokens only (not `[NLU]`, `</s>` or padding). "
         "`trust_remote_code=True` on the tokenizer too: transformers reads the (custom) model config first "

@@ -130,7 +130,7 @@ class FineTuneModule(L.LightningModule):
         return copy.deepcopy(self.model).merge_and_unload() if self.lora else self.model
 
     # ------------------------------------------------------------------ forward and loss
-    def train(self, mode: bool = True) -> "FineTuneModule":
+    def train(self, mode: bool = True) -> FineTuneModule:
         super().train(mode)
         if self.frozen:  # a frozen encoder never runs in train mode (no dropout)
             self.encoder.eval()

@@ -93,7 +93,9 @@ def load_task_model(name_or_path: str | os.PathLike, device: str | torch.device 
     name = os.fspath(name_or_path)
     config = AutoConfig.from_pretrained(name)
     kind = task_kind(config)
-    auto = AutoModelForTokenClassification if TASK_KINDS[kind].level == "residue" else AutoModelForSequenceClassification
+    auto = (
+        AutoModelForTokenClassification if TASK_KINDS[kind].level == "residue" else AutoModelForSequenceClassification
+    )
     adapter = _repo_file(name, "adapter_config.json")
     if adapter is not None:
         from peft import PeftModel
@@ -201,6 +203,12 @@ def predict_file(
 
 
 __all__ = [
-    "Record", "read_records", "check_records", "load_task_model", "predict_records", "predict_file", "task_kind",
+    "Record",
+    "read_records",
+    "check_records",
+    "load_task_model",
+    "predict_records",
+    "predict_file",
+    "task_kind",
     "write_table",
 ]

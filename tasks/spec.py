@@ -87,7 +87,7 @@ class TaskSpec:
         return 1 if self.regression else len(self.labels)
 
     @classmethod
-    def from_config(cls, cfg: Any) -> "TaskSpec":
+    def from_config(cls, cfg: Any) -> TaskSpec:
         """From the Hydra `task` node (DictConfig or dict); unknown keys are an error."""
         from omegaconf import OmegaConf
 

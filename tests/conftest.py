@@ -19,8 +19,13 @@ from fastankh import PRESETS
 # (so inner_dim = heads * 8 differs from d_model), two layers.
 FAMILIES = {
     name: dict(
-        vocab_size=p["vocab_size"], d_model=p["d_model"] // 16, d_kv=8, d_ff=p["d_ff"] // 16,
-        num_heads=p["num_heads"], act=p["dense_act_fn"], num_layers=2,
+        vocab_size=p["vocab_size"],
+        d_model=p["d_model"] // 16,
+        d_kv=8,
+        d_ff=p["d_ff"] // 16,
+        num_heads=p["num_heads"],
+        act=p["dense_act_fn"],
+        num_layers=2,
     )
     for name, p in PRESETS.items()
     if name != "ankh_tiny"
@@ -34,11 +39,21 @@ FAMILIES["ankh_base_full_width"] = dict(
 def t5_config(family: str) -> T5Config:
     f = FAMILIES[family]
     return T5Config(
-        vocab_size=f["vocab_size"], d_model=f["d_model"], d_kv=f["d_kv"], d_ff=f["d_ff"],
-        num_layers=f["num_layers"], num_decoder_layers=1, num_heads=f["num_heads"],
-        relative_attention_num_buckets=64, relative_attention_max_distance=128,
+        vocab_size=f["vocab_size"],
+        d_model=f["d_model"],
+        d_kv=f["d_kv"],
+        d_ff=f["d_ff"],
+        num_layers=f["num_layers"],
+        num_decoder_layers=1,
+        num_heads=f["num_heads"],
+        relative_attention_num_buckets=64,
+        relative_attention_max_distance=128,
         feed_forward_proj="gated-gelu" if f["act"] == "gelu_new" else "gated-silu",
-        dropout_rate=0.0, tie_word_embeddings=False, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+        dropout_rate=0.0,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
     )
 
 

@@ -73,8 +73,9 @@ def embed_api(path: str, model) -> str:
 
 def embed_cli(path: str, tmp_path) -> str:
     with initialize_config_dir(str(REPO / "conf" / "cli"), version_base="1.3"):
-        cfg = compose("embed", overrides=[f"input={path}", f"output={tmp_path / 'out.safetensors'}",
-                                          "model=/nonexistent/encoder"])
+        cfg = compose(
+            "embed", overrides=[f"input={path}", f"output={tmp_path / 'out.safetensors'}", "model=/nonexistent/encoder"]
+        )
     embed.embed(cfg)  # a valid file goes on to load the (missing) encoder
     raise AssertionError("unreachable")
 
@@ -86,8 +87,11 @@ def test_same_decision_and_message_in_train_predict_and_embed(cell, tmp_path, en
         f.write(f"id,sequence\na,{cell}\n")
     expected = CASES[cell]
     valid = expected.isupper() and "(" not in expected
-    results = {"train": outcome(lambda: train(path)), "predict": outcome(lambda: predict(path)),
-               "embed": outcome(lambda: embed_api(path, encoder))}
+    results = {
+        "train": outcome(lambda: train(path)),
+        "predict": outcome(lambda: predict(path)),
+        "embed": outcome(lambda: embed_api(path, encoder)),
+    }
     if valid:
         assert clean_sequence(cell) == expected
         assert results["train"] == results["predict"] == ("ok", expected)

@@ -87,8 +87,14 @@ def test_export_folder_embeds_with_its_encoder(tmp_path):
 def test_duplicate_table_ids_are_refused(encoder_dir, tmp_path):
     (tmp_path / "in.csv").write_text("id,sequence\na,MKT\nb,GSH\na,MKV\n")
     with initialize_config_dir(str(REPO / "conf" / "cli"), version_base="1.3"):
-        cfg = compose("embed", overrides=[f"model={encoder_dir}", f"input={tmp_path / 'in.csv'}",
-                                          f"output={tmp_path / 'out.safetensors'}"])
+        cfg = compose(
+            "embed",
+            overrides=[
+                f"model={encoder_dir}",
+                f"input={tmp_path / 'in.csv'}",
+                f"output={tmp_path / 'out.safetensors'}",
+            ],
+        )
     with pytest.raises(DataError, match=r"in\.csv: record id 'a' appears more than once"):
         embed.embed(cfg)
     assert not (tmp_path / "out.safetensors").exists()

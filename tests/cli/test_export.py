@@ -26,22 +26,31 @@ from safetensors.torch import load_file
 from transformers import PreTrainedModel
 
 from fastankh import (
-    FastAnkhConfig, FastAnkhForSequenceClassification, FastAnkhForTokenClassification, FastAnkhModel, load_tokenizer,
+    FastAnkhConfig,
+    FastAnkhForSequenceClassification,
+    FastAnkhForTokenClassification,
+    FastAnkhModel,
+    load_tokenizer,
     prefix_length,
 )
 from tasks.export import export_checkpoint
 from tasks.kinds import non_residue_token_ids
 from tasks.module import FineTuneModule
 from tasks.predict import load_task_model
-from tests.fastankh.test_model import BLOCK_FASTANKH
 from tasks.spec import IGNORE_INDEX
+from tests.fastankh.test_model import BLOCK_FASTANKH
 from tests.tasks.synthetic import make_batch, make_module
 
 REPO = Path(__file__).resolve().parents[2]
 # One encoder block, one epoch, a dozen short chains: seconds per run.
 TINY = [
-    "model.config.num_layers=1", "trainer.max_epochs=1", "data.batch_size=4", "~callbacks.progress_bar",
-    "+trainer.enable_model_summary=false", "task.data.val_fraction=0.25", "task.data.test_fraction=0.25",
+    "model.config.num_layers=1",
+    "trainer.max_epochs=1",
+    "data.batch_size=4",
+    "~callbacks.progress_bar",
+    "+trainer.enable_model_summary=false",
+    "task.data.val_fraction=0.25",
+    "task.data.test_fraction=0.25",
 ]
 
 
@@ -84,8 +93,14 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     residue = train_run(root / "residue", ["task=ss3_local", f"task.data.train={root / 'ss.csv'}", "head=convbert"])
     sequence = train_run(
         root / "sequence",
-        ["task=solubility_local", f"task.data.train={root / 'sol.csv'}", "finetune=lora", "head=attention",
-         f"model.path={root / 'base'}", "optim.lr=1e-2"],
+        [
+            "task=solubility_local",
+            f"task.data.train={root / 'sol.csv'}",
+            "finetune=lora",
+            "head=attention",
+            f"model.path={root / 'base'}",
+            "optim.lr=1e-2",
+        ],
     )
     return {"root": root, "residue": residue, "sequence": sequence, "base": root / "base"}
 
@@ -122,8 +137,16 @@ def lightning_logits(checkpoint: Path, sequences: list[str]) -> tuple[dict[str, 
 
 def test_export_writes_a_hub_folder(runs, exports):
     folder = exports["residue"]
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "README.md", "configuration_fastankh.py",
-                 "modeling_fastankh.py", "modeling_tasks.py", "heads.py"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "README.md",
+        "configuration_fastankh.py",
+        "modeling_fastankh.py",
+        "modeling_tasks.py",
+        "heads.py",
+    ):
         assert (folder / name).is_file(), name
     config = json.loads((folder / "config.json").read_text())
     assert config["auto_map"]["AutoModelForTokenClassification"] == "modeling_tasks.FastAnkhForTokenClassification"
@@ -132,9 +155,15 @@ def test_export_writes_a_hub_folder(runs, exports):
     card = (folder / "README.md").read_text()
     metrics = json.loads((runs["residue"] / "test_metrics.json").read_text())
     assert f"{metrics['test']['q3']:.4f}" in card and "| test |" in card
-    for text in ("`H`, `E`, `C`", "ss3_local", "AutoModelForTokenClassification.from_pretrained",
-                 "trust_remote_code=True",
-                 "2301.06568", "2505.20052", "name: convbert"):
+    for text in (
+        "`H`, `E`, `C`",
+        "ss3_local",
+        "AutoModelForTokenClassification.from_pretrained",
+        "trust_remote_code=True",
+        "2301.06568",
+        "2505.20052",
+        "name: convbert",
+    ):
         assert text in card, text
 
 
@@ -170,7 +199,7 @@ def test_exports_equal_lightning_in_a_python_without_fastankh(runs, exports, tmp
                 raise SystemExit(name + " should not be importable here")
             except ImportError:
                 pass
-        x = torch.load({str(tmp_path / 'inputs.pt')!r})
+        x = torch.load({str(tmp_path / "inputs.pt")!r})
         out = {{}}
         for key, code in {usage!r}.items():
             card = {{}}
@@ -182,7 +211,7 @@ def test_exports_equal_lightning_in_a_python_without_fastankh(runs, exports, tmp
             assert torch.equal(batch["input_ids"], x["input_ids"]), "exported tokenizer gives other ids"
             with torch.no_grad():
                 out[key] = model(**batch).logits
-        torch.save(out, {str(tmp_path / 'out.pt')!r})
+        torch.save(out, {str(tmp_path / "out.pt")!r})
     """)
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules")}
     result = subprocess.run(
@@ -222,6 +251,7 @@ def test_a_crash_during_export_keeps_the_previous_folder(runs, exports, crash, m
 
     before = snapshot(exports["residue"])
     if crash == "weights":
+
         def half_written(self, directory, **kwargs):
             PreTrainedModel.save_pretrained(self, directory, **kwargs)
             weights = Path(directory) / "model.safetensors"
@@ -265,15 +295,25 @@ def test_cli_push_uploads_the_exported_folder(runs, tmp_path, monkeypatch):
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     checkpoint, folder = best_checkpoint(runs["sequence"]), tmp_path / "to_push"
-    run_cli("export", [f"checkpoint={checkpoint}", f"output_dir={folder}", "push_to_hub=true",
-                       "repo_id=org/ankh-sol", "private=false"])
+    run_cli(
+        "export",
+        [
+            f"checkpoint={checkpoint}",
+            f"output_dir={folder}",
+            "push_to_hub=true",
+            "repo_id=org/ankh-sol",
+            "private=false",
+        ],
+    )
     assert calls == [
         ("create_repo", "org/ankh-sol", {"private": False, "exist_ok": True, "repo_type": "model"}),
         ("upload_folder", "org/ankh-sol"),
     ]
     assert snapshot(uploaded) == snapshot(folder)
     config = json.loads((uploaded / "config.json").read_text())
-    assert config["auto_map"]["AutoModelForSequenceClassification"] == "modeling_tasks.FastAnkhForSequenceClassification"
+    assert (
+        config["auto_map"]["AutoModelForSequenceClassification"] == "modeling_tasks.FastAnkhForSequenceClassification"
+    )
     sequences = ["MKTAYIAKQRQISFVKSHFSRQ", "GSHMLE", "ACDEFGHIKLMNPQRSTVWY"]
     batch, expected = lightning_logits(checkpoint, sequences)
     model, _, kind = load_task_model(uploaded)
@@ -289,14 +329,21 @@ def test_cli_push_uploads_the_exported_folder(runs, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(
     "kind, head",
-    [("residue_classification", "mlp"), ("residue_regression", "linear"), ("sequence_classification", "max"),
-     ("sequence_multilabel", "attention"), ("sequence_regression", "mean")],
+    [
+        ("residue_classification", "mlp"),
+        ("residue_regression", "linear"),
+        ("sequence_classification", "max"),
+        ("sequence_multilabel", "attention"),
+        ("sequence_regression", "mean"),
+    ],
 )
 def test_saved_task_model_logits_and_loss_equal_the_module(kind, head, tmp_path):
     """Every task kind: the module's task model, saved and reloaded, computes the module's logits and loss
     from ids alone. Residue kinds: residues without a label (a mask column) count in neither loss."""
     tokenizer = load_tokenizer("ankh_tiny")
-    module = make_module(kind, head={"name": head, "dropout": 0.0}, non_residue_token_ids=non_residue_token_ids(tokenizer))
+    module = make_module(
+        kind, head={"name": head, "dropout": 0.0}, non_residue_token_ids=non_residue_token_ids(tokenizer)
+    )
     module.eval().merged_model().save_pretrained(tmp_path)
     model = module.kind.model_class.from_pretrained(tmp_path).eval()
     batch = make_batch(module.task, [7, 3, 5])
@@ -307,8 +354,12 @@ def test_saved_task_model_logits_and_loss_equal_the_module(kind, head, tmp_path)
     with torch.no_grad():
         expected = module(batch)
         expected_loss, _ = module.loss(expected, batch)
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
-                    label_mask=batch.get("label_mask"))
+        out = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            labels=batch["labels"],
+            label_mask=batch.get("label_mask"),
+        )
     logits = out.logits.squeeze(-1) if module.task.regression else out.logits
     if module.task.residue_level:
         logits, expected = logits[batch["residue_mask"]], expected[batch["residue_mask"]]
@@ -347,7 +398,9 @@ def test_exported_folder_loads_the_fine_tuned_encoder_with_automodel(exports):
     from transformers import AutoModel
 
     folder = exports["residue"]
-    assert json.loads((folder / "config.json").read_text())["auto_map"]["AutoModel"] == "modeling_fastankh.FastAnkhModel"
+    assert (
+        json.loads((folder / "config.json").read_text())["auto_map"]["AutoModel"] == "modeling_fastankh.FastAnkhModel"
+    )
     encoder = AutoModel.from_pretrained(folder, trust_remote_code=True)
     assert type(encoder).__name__ == "FastAnkhModel"
     weights = load_file(folder / "model.safetensors")

@@ -26,8 +26,13 @@ from tests.cli.test_export import best_checkpoint, run_cli, short_rows
 from tests.fastankh.test_model import BLOCK_FASTANKH
 
 TINY = [
-    "model.config.num_layers=1", "trainer.max_epochs=1", "data.batch_size=4", "~callbacks.progress_bar",
-    "+trainer.enable_model_summary=false", "task.data.val_fraction=0.25", "task.data.test_fraction=0.25",
+    "model.config.num_layers=1",
+    "trainer.max_epochs=1",
+    "data.batch_size=4",
+    "~callbacks.progress_bar",
+    "+trainer.enable_model_summary=false",
+    "task.data.val_fraction=0.25",
+    "task.data.test_fraction=0.25",
 ]
 SEQUENCES = ["MKTAYIAKQRQISFVKSHFSRQ", "GSHMLEDPVNX", "ACDEFGHIKLMNPQRSTVWY"]
 PROMPT = "Do you wish to run the custom code"
@@ -45,9 +50,15 @@ def folders(tmp_path_factory) -> dict[str, Path]:
     runs = {
         "residue": ["task=ss3_local", f"task.data.train={root / 'ss.csv'}"],
         "sequence": ["task=solubility_local", f"task.data.train={root / 'sol.csv'}", "head=attention"],
-        "regression": ["task=fluorescence", "task.data.hub_id=null", f"task.data.train={root / 'reg.csv'}",
-                       "task.data.val=null", "task.data.test=[]", "task.data.sequence_column=sequence",
-                       "task.data.label_column=brightness"],
+        "regression": [
+            "task=fluorescence",
+            "task.data.hub_id=null",
+            f"task.data.train={root / 'reg.csv'}",
+            "task.data.val=null",
+            "task.data.test=[]",
+            "task.data.sequence_column=sequence",
+            "task.data.label_column=brightness",
+        ],
     }
     out = {}
     for name, overrides in runs.items():
@@ -100,7 +111,12 @@ def load_everything(folder: Path, residue_level: bool, tmp_path: Path) -> tuple[
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
         [sys.executable, "-c", BLOCK_FASTANKH + LOADERS, str(folder), str(int(residue_level)), json.dumps(SEQUENCES)],
-        cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     console = result.stdout + result.stderr
     assert result.returncode == 0, console[-3000:]
@@ -194,8 +210,15 @@ def test_exported_card_front_matter(folders):
 def test_card_metadata_of_an_ankh_base_run_with_several_test_sets():
     metrics = {"casp12": {"q3": 0.8, "f1": 0.7, "loss": 0.5}, "ts115": {"q3": 0.85, "mcc": float("nan")}}
     card = card_metadata(
-        "secondary_structure", "residue_classification", True, "ElnaggarLab/ankh-base", "ankh_base", False,
-        model_name="ankh-ss3", test_metrics=metrics, dataset="proteinea/secondary_structure_prediction",
+        "secondary_structure",
+        "residue_classification",
+        True,
+        "ElnaggarLab/ankh-base",
+        "ankh_base",
+        False,
+        model_name="ankh-ss3",
+        test_metrics=metrics,
+        dataset="proteinea/secondary_structure_prediction",
     )
     front = yaml.safe_load(card.to_yaml())
     assert front["license"] == "cc-by-nc-sa-4.0" and front["base_model"] == "ElnaggarLab/ankh-base"
@@ -207,8 +230,12 @@ def test_card_metadata_of_an_ankh_base_run_with_several_test_sets():
     assert {m["type"]: m["value"] for m in results["casp12"]["metrics"]} == metrics["casp12"]
     assert {m["type"]: m["value"] for m in results["ts115"]["metrics"]} == {"q3": 0.85}  # NaN left out
     # A local copy of ANKH weights keeps the licence but names no hub base; ankh_tiny has no licence.
-    local = yaml.safe_load(card_metadata("t", "sequence_regression", False, "/tmp", "ankh_large", True, "m", None).to_yaml())
+    local = yaml.safe_load(
+        card_metadata("t", "sequence_regression", False, "/tmp", "ankh_large", True, "m", None).to_yaml()
+    )
     assert local["license"] == "cc-by-nc-sa-4.0" and "base_model" not in local and local["library_name"] == "peft"
     assert "model-index" not in local
-    tiny = yaml.safe_load(card_metadata("t", "sequence_regression", False, None, "ankh_tiny", False, "m", None).to_yaml())
+    tiny = yaml.safe_load(
+        card_metadata("t", "sequence_regression", False, None, "ankh_tiny", False, "m", None).to_yaml()
+    )
     assert "license" not in tiny and tiny["pipeline_tag"] == "text-classification"

@@ -33,8 +33,12 @@ def models(tmp_path_factory):
     residue = train_run(root / "residue", ["task=ss3_local", f"task.data.train={root / 'ss.csv'}"])
     sequence = train_run(
         root / "sequence",
-        ["task=solubility_local", f"task.data.train={root / 'sol.csv'}", "finetune=lora",
-         f"model.path={root / 'base'}"],
+        [
+            "task=solubility_local",
+            f"task.data.train={root / 'sol.csv'}",
+            "finetune=lora",
+            f"model.path={root / 'base'}",
+        ],
     )
     return {
         "root": root,
@@ -54,9 +58,17 @@ def fasta_records() -> list[tuple[str, str]]:
 
 def test_fasta_rows_in_input_order_and_invalid_record_reported(models, fasta_records, tmp_path, capsys):
     write_fasta(tmp_path / "in.fasta", fasta_records)
-    run_cli("predict", [f"model={models['residue']}", f"input={tmp_path / 'in.fasta'}",
-                        f"output={tmp_path / 'out.csv'}",
-                        "batch_size=8", "progress=false", "device=cpu"])
+    run_cli(
+        "predict",
+        [
+            f"model={models['residue']}",
+            f"input={tmp_path / 'in.fasta'}",
+            f"output={tmp_path / 'out.csv'}",
+            "batch_size=8",
+            "progress=false",
+            "device=cpu",
+        ],
+    )
     assert "in.fasta: row 21 (id bad_record): unknown residue letter(s) 'J'" in capsys.readouterr().err
     out = pd.read_csv(tmp_path / "out.csv", keep_default_na=False)
     valid = [r for r in fasta_records if r[0] != "bad_record"]
@@ -91,9 +103,19 @@ def test_on_invalid_error_stops_before_loading_the_model(models, fasta_records, 
 def test_cli_on_invalid_error_names_the_record(models, fasta_records, tmp_path):
     write_fasta(tmp_path / "in.fasta", fasta_records)
     result = subprocess.run(
-        [sys.executable, str(REPO / "predict.py"), f"model={models['residue']}", f"input={tmp_path / 'in.fasta'}",
-         f"output={tmp_path / 'out.csv'}", "on_invalid=error"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "HYDRA_FULL_ERROR": "0"},
+        [
+            sys.executable,
+            str(REPO / "predict.py"),
+            f"model={models['residue']}",
+            f"input={tmp_path / 'in.fasta'}",
+            f"output={tmp_path / 'out.csv'}",
+            "on_invalid=error",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HYDRA_FULL_ERROR": "0"},
     )
     assert result.returncode != 0 and "row 21 (id bad_record)" in result.stderr
     assert not (tmp_path / "out.csv").exists()
@@ -142,13 +164,24 @@ def kind_models(tmp_path_factory) -> dict[str, object]:
     runs = {
         "residue_regression": ["task=rsa_local", f"task.data.train={root / 'rsa.csv'}"],
         "sequence_regression": [
-            "task=fluorescence", "task.data.hub_id=null", f"task.data.train={values}", "task.data.val=null",
-            "task.data.test=[]", "task.data.sequence_column=sequence", "task.data.label_column=label",
-            "task.data.id_column=id", "head=mean",
+            "task=fluorescence",
+            "task.data.hub_id=null",
+            f"task.data.train={values}",
+            "task.data.val=null",
+            "task.data.test=[]",
+            "task.data.sequence_column=sequence",
+            "task.data.label_column=label",
+            "task.data.id_column=id",
+            "head=mean",
         ],
         "sequence_multilabel": [
-            "task=solubility_local", "task.kind=sequence_multilabel", "task.labels=[a,b,c]",
-            f"task.data.train={multi}", "task.metrics=[f1,auroc]", "task.monitor=val/f1", "head=max",
+            "task=solubility_local",
+            "task.kind=sequence_multilabel",
+            "task.labels=[a,b,c]",
+            f"task.data.train={multi}",
+            "task.metrics=[f1,auroc]",
+            "task.monitor=val/f1",
+            "head=max",
         ],
     }
     return {
@@ -163,8 +196,17 @@ def test_predict_columns_and_values_are_the_models_outputs(kind, kind_models, tm
     each sequence alone (the CLI batches 4 length-sorted sequences with padding)."""
     frame = short_rows("secondary_structure.csv", 9)[["id", "sequence"]]
     frame.to_csv(tmp_path / "in.csv", index=False)
-    run_cli("predict", [f"model={kind_models[kind]}", f"input={tmp_path / 'in.csv'}",
-                        f"output={tmp_path / 'out.csv'}", "batch_size=4", "progress=false", "device=cpu"])
+    run_cli(
+        "predict",
+        [
+            f"model={kind_models[kind]}",
+            f"input={tmp_path / 'in.csv'}",
+            f"output={tmp_path / 'out.csv'}",
+            "batch_size=4",
+            "progress=false",
+            "device=cpu",
+        ],
+    )
     out = pd.read_csv(tmp_path / "out.csv", keep_default_na=False)
     labels = ["a", "b", "c"] if kind == "sequence_multilabel" else []
     assert list(out.columns) == ["id", "sequence", "prediction", *(f"prob_{label}" for label in labels)]

@@ -62,10 +62,10 @@ def wandb_records(run_dir: Path, run_id: str) -> dict[str, list[dict[str, Any]]]
             record = pb.Record.FromString(b"".join(chunks))
             chunks = []
             field = record.WhichOneof("record_type")
-            items = {"config": lambda: record.config.update, "history": lambda: record.history.item,
-                     "summary": lambda: record.summary.update}.get(field)
+            items = {"config": "update", "history": "item", "summary": "update"}.get(field)
             if items is not None:
-                out[field].append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in items()})
+                entries = getattr(getattr(record, field), items)
+                out[field].append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in entries})
     return out
 
 

@@ -26,7 +26,9 @@ def test_grid_over_finetune_modes(tmp_path):
 
 
 def test_optuna_search_runs_its_trials(tmp_path):
-    results = sweep(tmp_path, "hparams_search=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=2")
+    results = sweep(
+        tmp_path, "hparams_search=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=2"
+    )
     assert len(results) == 2
     assert (tmp_path / "optimization_results.yaml").exists()  # the sweeper's summary of the best trial
     lrs = {

@@ -33,9 +33,16 @@ ROOT = Path(__file__).resolve().parents[2]
 RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
 # one encoder block of width 32, a few batches: seconds per run
 TINY = [
-    "model.config.num_layers=1", "model.config.d_model=32", "model.config.d_kv=8", "model.config.d_ff=64",
-    "trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
-    "trainer.limit_test_batches=2", "trainer.log_every_n_steps=1", "~callbacks.progress_bar",
+    "model.config.num_layers=1",
+    "model.config.d_model=32",
+    "model.config.d_kv=8",
+    "model.config.d_ff=64",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=3",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "trainer.log_every_n_steps=1",
+    "~callbacks.progress_bar",
     "data.batch_size=4",
 ]
 
@@ -116,8 +123,14 @@ def test_sequence_classification_partial(tmp_path):
 def test_sequence_multilabel_full(tmp_path):
     data = write_sequences(tmp_path / "multi.csv", 40, lambda r: '"' + ",".join(r.sample("abc", r.randint(1, 2))) + '"')
     out = run(
-        tmp_path, "task=solubility_local", "task.kind=sequence_multilabel", "task.labels=[a,b,c]",
-        f"task.data.train={data}", "task.metrics=[f1,auroc]", "task.monitor=val/f1", "head=max",
+        tmp_path,
+        "task=solubility_local",
+        "task.kind=sequence_multilabel",
+        "task.labels=[a,b,c]",
+        f"task.data.train={data}",
+        "task.metrics=[f1,auroc]",
+        "task.monitor=val/f1",
+        "head=max",
     )
     assert set(metrics_of(out)["test"]) == {"f1", "auroc", "loss"}
 
@@ -129,9 +142,15 @@ def test_sequence_regression_from_local_files(tmp_path):
         return path
 
     out = run(
-        tmp_path, "task=fluorescence", "task.data.hub_id=null", f"task.data.train={files('train.csv', 24, 0)}",
-        f"task.data.val={files('valid.csv', 8, 1)}", f"task.data.test=[{files('gfp_test.csv', 8, 2)}]",
-        "task.data.id_column=id", "head=convbert", "head.num_heads=2",
+        tmp_path,
+        "task=fluorescence",
+        "task.data.hub_id=null",
+        f"task.data.train={files('train.csv', 24, 0)}",
+        f"task.data.val={files('valid.csv', 8, 1)}",
+        f"task.data.test=[{files('gfp_test.csv', 8, 2)}]",
+        "task.data.id_column=id",
+        "head=convbert",
+        "head.num_heads=2",
     )
     assert {"spearman", "r2", "rmse"} <= set(metrics_of(out)["gfp_test"])
 
@@ -166,8 +185,15 @@ def test_tensorboard_logger_writes_the_validation_and_test_metrics(tmp_path):
 def test_cosine_schedule_follows_warmup_then_half_cosine(tmp_path):
     """2 epochs x 3 batches = 6 optimizer steps, warmup_ratio 0.5 -> 3 warmup steps; the learning rate
     each step ran with (LearningRateMonitor, logged before the step) against transformers' formula."""
-    out = run(tmp_path, "task=ss3_local", "optim.scheduler=cosine", "optim.warmup_ratio=0.5",
-              "trainer.max_epochs=2", "optim.lr=1e-4", "optim.head_lr=1e-3")
+    out = run(
+        tmp_path,
+        "task=ss3_local",
+        "optim.scheduler=cosine",
+        "optim.warmup_ratio=0.5",
+        "trainer.max_epochs=2",
+        "optim.lr=1e-4",
+        "optim.head_lr=1e-3",
+    )
     frame = pd.read_csv(out / "csv" / "metrics.csv")
     total, warmup = 6, 3
 
@@ -188,6 +214,7 @@ def test_bad_data_stops_before_any_model_is_built(tmp_path, monkeypatch):
     rows = bad.read_text().splitlines()
     rows[7] = "weird,MKV1LL,1"  # data row 7: a digit is no residue
     bad.write_text("\n".join(rows) + "\n")
+
     def no_model(*args, **kwargs):
         pytest.fail("a model was built before the data was validated")
 
@@ -238,13 +265,28 @@ def ddp_runs(tmp_path_factory) -> dict[str, Path]:
 
     def ddp(out: Path, *extra: str) -> Path:
         cmd = [
-            sys.executable, "train.py", "task=ss3_local", "trainer=ddp", "trainer.accelerator=cpu",
-            "trainer.devices=2", *TINY, "trainer.max_epochs=2", "trainer.limit_train_batches=null",
-            "trainer.limit_val_batches=null", "trainer.limit_test_batches=null", "trainer.num_sanity_val_steps=0",
-            "data.batch_size=2", "head.dropout=0.3", f"task.data.train={root / 'train.csv'}",
-            f"task.data.val={root / 'val.csv'}", f"task.data.test=[{root / 'test.csv'}]", "task.data.test_fraction=0",
+            sys.executable,
+            "train.py",
+            "task=ss3_local",
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            *TINY,
+            "trainer.max_epochs=2",
+            "trainer.limit_train_batches=null",
+            "trainer.limit_val_batches=null",
+            "trainer.limit_test_batches=null",
+            "trainer.num_sanity_val_steps=0",
+            "data.batch_size=2",
+            "head.dropout=0.3",
+            f"task.data.train={root / 'train.csv'}",
+            f"task.data.val={root / 'val.csv'}",
+            f"task.data.test=[{root / 'test.csv'}]",
+            "task.data.test_fraction=0",
             "+callbacks.record._target_=tests.cli.test_train.RecordTrainBatches",
-            f"+callbacks.record.directory={out / 'batches'}", *extra, f"hydra.run.dir={out}",
+            f"+callbacks.record.directory={out / 'batches'}",
+            *extra,
+            f"hydra.run.dir={out}",
         ]
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
@@ -276,8 +318,9 @@ def test_ddp_ranks_train_on_disjoint_halves_of_the_training_set(ddp_runs):
 def single_process(out: Path, checkpoint: Path, stage: str) -> dict[str, float]:
     """val/* of trainer.validate or the test split's metrics of trainer.test, one process, same data."""
     module = FineTuneModule.load_from_checkpoint(checkpoint, map_location="cpu")
-    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False)
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
     if stage == "validate":
         return {k: float(v) for k, v in trainer.validate(module, datamodule=run_data(out), verbose=False)[0].items()}
     trainer.test(module, datamodule=run_data(out), verbose=False)
@@ -315,12 +358,19 @@ def test_quickstart_beats_the_majority_class(tmp_path):
         cfg = compose("config", overrides=["experiment=quickstart"])
     data = TaskDataModule(TaskSpec.from_config(cfg.task), load_tokenizer("ankh_tiny"), seed=cfg.seed)
     data.setup()
-    counted = [label for labels, keep in zip(data.splits["test"]["labels"], data.splits["test"]["label_mask"])
-               for label, k in zip(labels, keep) if k]
+    counted = [
+        label
+        for labels, keep in zip(data.splits["test"]["labels"], data.splits["test"]["label_mask"])
+        for label, k in zip(labels, keep)
+        if k
+    ]
     majority = Counter(counted).most_common(1)[0][1] / len(counted)
     done = subprocess.run(
         [sys.executable, "train.py", "experiment=quickstart", f"hydra.run.dir={tmp_path}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=400,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=400,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "test metrics" in done.stdout
@@ -333,7 +383,11 @@ def test_console_tells_each_thing_once_and_ends_with_the_next_command(tmp_path):
     out = tmp_path / "run"
     result = subprocess.run(
         [sys.executable, "train.py", *TINY, "task=ss3_local", f"hydra.run.dir={out}"],
-        cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     console = result.stdout + result.stderr
     assert result.returncode == 0, console[-3000:]

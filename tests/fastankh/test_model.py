@@ -416,11 +416,11 @@ def test_remote_code_in_a_python_without_fastankh(tmp_path, t5_checkpoint):
             raise SystemExit("fastankh should not be importable here")
         except ImportError:
             pass
-        m = AutoModel.from_pretrained({str(tmp_path / 'ckpt')!r}, trust_remote_code=True).eval()
+        m = AutoModel.from_pretrained({str(tmp_path / "ckpt")!r}, trust_remote_code=True).eval()
         assert type(m).__module__.startswith("transformers_modules"), type(m).__module__
-        x = torch.load({str(tmp_path / 'inputs.pt')!r})
+        x = torch.load({str(tmp_path / "inputs.pt")!r})
         with torch.no_grad():
-            torch.save(m(x["ids"], x["mask"]).last_hidden_state, {str(tmp_path / 'out.pt')!r})
+            torch.save(m(x["ids"], x["mask"]).last_hidden_state, {str(tmp_path / "out.pt")!r})
     """)
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -509,7 +509,10 @@ def masked_lm_initial_loss(mlm: FastAnkhForMaskedLM, seed: int = 0) -> float:
     from fastankh import load_tokenizer
 
     tok = load_tokenizer(mlm.config)
-    mask_id, residues = tok.convert_tokens_to_ids("<extra_id_0>"), tok.convert_tokens_to_ids(list("ACDEFGHIKLMNPQRSTVWY"))
+    mask_id, residues = (
+        tok.convert_tokens_to_ids("<extra_id_0>"),
+        tok.convert_tokens_to_ids(list("ACDEFGHIKLMNPQRSTVWY")),
+    )
     g = torch.Generator().manual_seed(seed)
     ids = torch.tensor(residues)[torch.randint(0, 20, (8, 100), generator=g)]
     chosen = torch.rand(8, 100, generator=g) < 0.15
@@ -567,8 +570,12 @@ def test_architecture_override_that_disagrees_is_refused(checkpoints, kind, over
 def test_config_overrides_apply_to_both_checkpoint_kinds(checkpoints, kind):
     path = checkpoints[kind]
     model = FastAnkhModel.from_pretrained(
-        path, attn_backend="flex", dropout_rate=0.25, layer_norm_epsilon=1e-5,
-        num_layers=2, feed_forward_proj="gated-gelu",  # architecture fields that agree are fine
+        path,
+        attn_backend="flex",
+        dropout_rate=0.25,
+        layer_norm_epsilon=1e-5,
+        num_layers=2,
+        feed_forward_proj="gated-gelu",  # architecture fields that agree are fine
     )
     assert (model.config.attn_backend, model.config.dropout_rate, model.config.num_layers) == ("flex", 0.25, 2)
     assert model.encoder.layers[1].dropout.p == model.encoder.dropout.p == 0.25

@@ -1,4 +1,5 @@
-"""embed_dataset (fastankh/protein_embeddings.py): keys and order, residue-only pooling, batch invariance, safetensors save/resume, errors."""
+"""embed_dataset (fastankh/protein_embeddings.py): keys and order, residue-only pooling, batch invariance,
+safetensors save/resume, errors."""
 
 from __future__ import annotations
 
@@ -266,8 +267,14 @@ def test_matches_transformers_t5_encoder_on_the_same_weights(tmp_path):
 
     torch.manual_seed(2)
     t5_config = T5Config(
-        vocab_size=256, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
-        feed_forward_proj="gated-silu", dropout_rate=0.0,
+        vocab_size=256,
+        d_model=64,
+        d_kv=16,
+        d_ff=128,
+        num_layers=2,
+        num_heads=4,
+        feed_forward_proj="gated-silu",
+        dropout_rate=0.0,
     )
     reference = T5EncoderModel(t5_config).eval()
     reference.save_pretrained(tmp_path)

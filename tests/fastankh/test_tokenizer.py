@@ -22,15 +22,61 @@ V1_REFERENCE = {
 }
 # The whole verified v1 table (ankh-facts.md §3.2); 28..143 (sentinels) are not verified.
 V1_IDS = {
-    "<pad>": 0, "</s>": 1, "<unk>": 2, "A": 3, "L": 4, "G": 5, "V": 6, "S": 7, "R": 8, "E": 9, "D": 10, "T": 11,
-    "I": 12, "P": 13, "K": 14, "F": 15, "Q": 16, "N": 17, "Y": 18, "M": 19, "H": 20, "W": 21, "C": 22, "X": 23,
-    "B": 24, "O": 25, "U": 26, "Z": 27,
+    "<pad>": 0,
+    "</s>": 1,
+    "<unk>": 2,
+    "A": 3,
+    "L": 4,
+    "G": 5,
+    "V": 6,
+    "S": 7,
+    "R": 8,
+    "E": 9,
+    "D": 10,
+    "T": 11,
+    "I": 12,
+    "P": 13,
+    "K": 14,
+    "F": 15,
+    "Q": 16,
+    "N": 17,
+    "Y": 18,
+    "M": 19,
+    "H": 20,
+    "W": 21,
+    "C": 22,
+    "X": 23,
+    "B": 24,
+    "O": 25,
+    "U": 26,
+    "Z": 27,
 }
 # ANKH3 (ankh-facts.md §3.3): verified for <pad> </s> <unk> and the 20 standard residues only. The ids of
 # [NLU] (3 here), X/B/O/U/Z and the sentinels are this implementation's choice, NOT verified.
 ANKH3_IDS = {
-    "<pad>": 0, "</s>": 1, "<unk>": 2, "L": 7, "A": 8, "G": 9, "S": 10, "V": 11, "E": 12, "R": 13, "T": 14, "I": 15,
-    "D": 16, "P": 17, "K": 18, "N": 19, "F": 20, "Q": 21, "Y": 22, "H": 23, "M": 24, "C": 25, "W": 26,
+    "<pad>": 0,
+    "</s>": 1,
+    "<unk>": 2,
+    "L": 7,
+    "A": 8,
+    "G": 9,
+    "S": 10,
+    "V": 11,
+    "E": 12,
+    "R": 13,
+    "T": 14,
+    "I": 15,
+    "D": 16,
+    "P": 17,
+    "K": 18,
+    "N": 19,
+    "F": 20,
+    "Q": 21,
+    "Y": 22,
+    "H": 23,
+    "M": 24,
+    "C": 25,
+    "W": 26,
 }
 NLU_ID = 3  # unverified (see above)
 
@@ -134,9 +180,17 @@ def _write_checkpoint_tokenizer(path):
         "truncation": None,
         "padding": None,
         "added_tokens": [
-            {"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
-             "normalized": False, "special": True}
-            for i, t in enumerate(pieces) if t.startswith(("<", "["))
+            {
+                "id": i,
+                "content": t,
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+                "special": True,
+            }
+            for i, t in enumerate(pieces)
+            if t.startswith(("<", "["))
         ],
         "normalizer": None,
         "pre_tokenizer": {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "always", "split": True},

@@ -31,7 +31,9 @@ def make_batch(task: TaskSpec, lengths: list[int], seed: int = 0, num_classes: i
         ids[i, n] = 1
         residue_mask[i, :n] = True
     batch = {
-        "input_ids": ids, "attention_mask": (ids != 0).long(), "residue_mask": residue_mask,
+        "input_ids": ids,
+        "attention_mask": (ids != 0).long(),
+        "residue_mask": residue_mask,
         "ids": [f"s{i}" for i in range(b)],
     }
     kind = task.kind
@@ -57,7 +59,12 @@ def make_batch(task: TaskSpec, lengths: list[int], seed: int = 0, num_classes: i
 
 
 OPTIM = dict(
-    lr=1e-3, head_lr=1e-3, weight_decay=0.01, betas=[0.9, 0.999], scheduler="constant", warmup_ratio=0.0,
+    lr=1e-3,
+    head_lr=1e-3,
+    weight_decay=0.01,
+    betas=[0.9, 0.999],
+    scheduler="constant",
+    warmup_ratio=0.0,
     warmup_steps=None,
 )
 FINETUNE = {
@@ -76,8 +83,12 @@ def make_module(kind: str, mode: str = "full", num_layers: int = 2, head: dict |
     finetune = kwargs.pop("finetune", FINETUNE[mode])
     optim = {**OPTIM, **kwargs.pop("optim", {})}
     return FineTuneModule(
-        task=dataclasses.asdict(make_task(kind)), head=head or {"name": "auto", "dropout": 0.0}, finetune=finetune,
-        optim=optim, backbone=backbone, **kwargs,
+        task=dataclasses.asdict(make_task(kind)),
+        head=head or {"name": "auto", "dropout": 0.0},
+        finetune=finetune,
+        optim=optim,
+        backbone=backbone,
+        **kwargs,
     )
 
 
@@ -85,8 +96,14 @@ def fit(module, batches: list[dict], steps: int, val_batches: list[dict] | None 
     """Train `module` for `steps` optimizer steps on a fixed list of batches (Lightning, CPU, no logger)."""
     loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False)
     trainer = L.Trainer(
-        accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, **trainer_kwargs,
+        accelerator="cpu",
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **trainer_kwargs,
     )
     val = torch.utils.data.DataLoader(val_batches, batch_size=None) if val_batches else None
     trainer.fit(module, loader, val)

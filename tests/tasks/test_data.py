@@ -63,7 +63,11 @@ GOOD = {"id": "a", "sequence": "MKTA", "label": "HHEC"}
 BAD_ROWS = {  # case: (bad second row, expected text)
     "empty sequence": (("", "H"), "row 2 (id b): empty sequence"),
     "unknown letters": (("MKJ1", "HHEC"), "row 2 (id b): unknown residue letter(s) '1', 'J'"),
-    "too long": (("MKTAYIA", "HHHHHHH"), "row 2 (id b): sequence length 7 > task.data.max_length 6 (set task.data.truncate=true or raise task.data.max_length)"),
+    "too long": (
+        ("MKTAYIA", "HHHHHHH"),
+        "row 2 (id b): sequence length 7 > task.data.max_length 6 "
+        "(set task.data.truncate=true or raise task.data.max_length)",
+    ),
     "label length": (("MKTA", "HHE"), "row 2 (id b): label length 3 != sequence length 4"),
     "label alphabet": (("MKTA", "HHEQ"), "row 2 (id b): label(s) 'Q' in column 'label' not in task labels"),
     "missing label": (("MKTA", None), "row 2 (id b): missing label"),
@@ -94,7 +98,12 @@ def test_missing_column_names_file_and_column(tmp_path, tiny_tok):
         ("residue_regression", None, "0.1 0.2 0.3", "row 2 (id b): label length 3 != sequence length 4"),
         ("sequence_regression", None, "nan", "row 2 (id b): missing label (NaN)"),
         ("sequence_regression", None, "high", "row 2 (id b): label 'high' in column 'label' is not a number"),
-        ("sequence_classification", ["0", "1"], "2", "row 2 (id b): label(s) '2' in column 'label' not in task labels [0, 1"),
+        (
+            "sequence_classification",
+            ["0", "1"],
+            "2",
+            "row 2 (id b): label(s) '2' in column 'label' not in task labels [0, 1",
+        ),
         ("sequence_multilabel", ["x", "y"], "x,z", "row 2 (id b): label(s) 'z' in column 'label' not in task labels"),
     ],
 )
@@ -186,8 +195,7 @@ def test_split_column_partition_and_bad_split_value(tmp_path, tiny_tok):
     rows[5]["split"] = "holdout"
     write_csv(tmp_path / "loc.csv", rows)
     assert first_error(task, tiny_tok) == (
-        f"{path}: row 6: split value 'holdout' in column 'split' is not one of "
-        "train, valid, val, validation, dev, test"
+        f"{path}: row 6: split value 'holdout' in column 'split' is not one of train, valid, val, validation, dev, test"
     )
 
 

@@ -109,11 +109,7 @@ def test_default_lora_config_adapts_q_k_v_o_of_every_block():
     with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
         finetune = OmegaConf.to_container(compose("config", overrides=["finetune=lora"]).finetune)
     module = make_module("sequence_classification", "lora", num_layers=3, finetune=finetune)
-    wrapped = {
-        name.removesuffix(".lora_A")
-        for name, _ in module.encoder.named_modules()
-        if name.endswith(".lora_A")
-    }
+    wrapped = {name.removesuffix(".lora_A") for name, _ in module.encoder.named_modules() if name.endswith(".lora_A")}
     assert wrapped == {f"encoder.layers.{i}.attention.{linear}" for i in range(3) for linear in ("q", "k", "v", "o")}
 
 

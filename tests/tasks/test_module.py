@@ -15,8 +15,12 @@ from tasks.spec import IGNORE_INDEX
 from tests.tasks.synthetic import fit, make_batch, make_module, make_task
 
 KINDS = [
-    "residue_classification", "residue_regression", "sequence_classification",
-    "sequence_multilabel", "sequence_regression", "masked_lm",
+    "residue_classification",
+    "residue_regression",
+    "sequence_classification",
+    "sequence_multilabel",
+    "sequence_regression",
+    "masked_lm",
 ]
 MODES = ["frozen", "full", "lora", "partial"]
 
