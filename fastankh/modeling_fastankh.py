@@ -446,6 +446,22 @@ class FastAnkhModel(FastAnkhPreTrainedModel):
     # embed_dataset (fastankh/protein_embeddings.py) is attached when the fastankh package is imported.
 
 
+def counted_loss(logits: torch.Tensor, labels: torch.Tensor, counted: torch.Tensor, problem_type: str) -> torch.Tensor:
+    """Mean loss in fp32 over the positions where `counted` (bool, the shape of labels' leading dims) is True:
+    MSE for "regression", BCE-with-logits for "multi_label_classification", else cross-entropy.
+
+    No counted position (e.g. a batch of unlabelled residues) gives a zero that keeps the graph, not NaN.
+    """
+    if not counted.any():
+        return logits.sum() * 0.0
+    logits, labels = logits[counted].float(), labels[counted]
+    if problem_type == "regression":
+        return F.mse_loss(logits.reshape(labels.shape), labels.float())
+    if problem_type == "multi_label_classification":
+        return F.binary_cross_entropy_with_logits(logits, labels.float())
+    return F.cross_entropy(logits, labels)
+
+
 class FastAnkhForMaskedLM(FastAnkhPreTrainedModel):
     """Encoder + a per-token vocabulary head, for continued masked-LM fine-tuning.
 
@@ -472,6 +488,10 @@ class FastAnkhForMaskedLM(FastAnkhPreTrainedModel):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.embed_tokens
 
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy over the chosen tokens: logits (B, L, V), labels (B, L) with -100 elsewhere."""
+        return counted_loss(logits, labels, labels != -100, "single_label_classification")
+
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -485,9 +505,7 @@ class FastAnkhForMaskedLM(FastAnkhPreTrainedModel):
         _refuse_attentions(output_attentions)
         out = self.model(input_ids, attention_mask, output_hidden_states=output_hidden_states)
         logits = self.lm_head(out.last_hidden_state)
-        loss = None
-        if labels is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), labels.view(-1), ignore_index=-100)
+        loss = None if labels is None else self.loss(logits, labels)
         out = MaskedLMOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
         return out if return_dict is not False else out.to_tuple()
 

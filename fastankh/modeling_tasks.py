@@ -23,31 +23,14 @@ from __future__ import annotations
 import os
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassifierOutput
 
 from .configuration_fastankh import FastAnkhConfig
 from .heads import build_head
-from .modeling_fastankh import FastAnkhModel, FastAnkhPreTrainedModel, _checkpoint_model_type
+from .modeling_fastankh import FastAnkhModel, FastAnkhPreTrainedModel, _checkpoint_model_type, counted_loss
 
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
-
-
-def counted_loss(logits: torch.Tensor, labels: torch.Tensor, counted: torch.Tensor, problem_type: str) -> torch.Tensor:
-    """Mean loss in fp32 over the positions where `counted` (bool, the shape of labels' leading dims) is True:
-    MSE for "regression", BCE-with-logits for "multi_label_classification", else cross-entropy.
-
-    No counted position (e.g. a batch of unlabelled residues) gives a zero that keeps the graph, not NaN.
-    """
-    if not counted.any():
-        return logits.sum() * 0.0
-    logits, labels = logits[counted].float(), labels[counted]
-    if problem_type == "regression":
-        return F.mse_loss(logits.reshape(labels.shape), labels.float())
-    if problem_type == "multi_label_classification":
-        return F.binary_cross_entropy_with_logits(logits, labels.float())
-    return F.cross_entropy(logits, labels)
 
 
 class _FastAnkhTaskModel(FastAnkhPreTrainedModel):
@@ -205,4 +188,4 @@ class FastAnkhForSequenceClassification(_FastAnkhTaskModel):
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
 
 
-__all__ = ["FastAnkhForTokenClassification", "FastAnkhForSequenceClassification", "PROBLEM_TYPES", "counted_loss"]
+__all__ = ["FastAnkhForTokenClassification", "FastAnkhForSequenceClassification", "PROBLEM_TYPES"]

@@ -22,7 +22,6 @@ from torchmetrics import MeanMetric
 from transformers import PreTrainedModel, get_scheduler
 
 from fastankh import FastAnkhConfig, FastAnkhForMaskedLM, FastAnkhModel
-from fastankh.modeling_tasks import counted_loss
 from tasks.finetune import apply_finetune
 from tasks.kinds import TASK_KINDS, head_choice, task_model_config
 from tasks.metrics import TaskMetrics
@@ -180,9 +179,8 @@ class FineTuneModule(L.LightningModule):
         on `forward`'s logits, and how many positions counted."""
         labels = batch["labels"]
         if self.kind.level == "token":
-            # FastAnkhForMaskedLM's cross-entropy over the chosen tokens (-100 elsewhere), as its forward
-            counted = labels != IGNORE_INDEX
-            return counted_loss(logits, labels, counted, "single_label_classification"), int(counted.sum())
+            # FastAnkhForMaskedLM's own loss: cross-entropy over the chosen tokens (-100 elsewhere)
+            return self.task_model.loss(logits, labels), int((labels != IGNORE_INDEX).sum())
         if self.kind.level == "residue":
             loss = self.task_model.loss(logits, labels, batch["label_mask"], batch["residue_mask"])
             return loss, int((batch["label_mask"] & batch["residue_mask"]).sum())

@@ -89,6 +89,16 @@ def test_loss_counts_only_labelled_positions(kind):
     torch.testing.assert_close(loss, torch.stack(per_position).mean())
 
 
+def test_masked_lm_trains_on_the_models_own_loss():
+    """One MLM loss: the Lightning module's equals FastAnkhForMaskedLM.forward(labels=...)'s."""
+    module = make_module("masked_lm", "full", num_layers=1).eval()
+    batch = make_batch(make_task("masked_lm"), [9, 4, 6], seed=2)
+    with torch.no_grad():
+        loss, _ = module.loss(module(batch), batch)
+        out = module.task_model(batch["input_ids"], batch["attention_mask"], labels=batch["labels"])
+    assert loss == out.loss
+
+
 def test_residue_metrics_by_hand_ignore_masked_and_padded_positions():
     task = make_task("residue_classification")
     batch = make_batch(task, [10, 4, 7], seed=2)
