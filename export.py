@@ -4,7 +4,7 @@
     python export.py checkpoint=... output_dir=ankh-ss3-lora merge_lora=false        # adapter only
     python export.py checkpoint=... output_dir=ankh-ss3 push_to_hub=true repo_id=my-org/ankh-ss3 private=true
 
-Options: conf/export.yaml. Folder layout and loading: tasks/export.py.
+Options: conf/cli/export.yaml. Folder layout and loading: tasks/hub_export.py.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from tasks.export import export_checkpoint, push_folder
+from tasks.hub_export import export_checkpoint, push_folder
 
 
 @hydra.main(version_base="1.3", config_path="conf/cli", config_name="export")

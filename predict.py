@@ -3,7 +3,7 @@
     python predict.py model=ankh-ss3 input=proteins.fasta output=predictions.csv
     python predict.py model=my-org/ankh-ss3 input=proteins.csv output=predictions.parquet on_invalid=error
 
-Options: conf/predict.yaml. Output columns: tasks/predict.py.
+Options: conf/cli/predict.yaml. Output columns: tasks/prediction.py.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from omegaconf import DictConfig
 
 from tasks.data_sources import DataError
-from tasks.predict import predict_file
+from tasks.prediction import predict_file
 
 
 @hydra.main(version_base="1.3", config_path="conf/cli", config_name="predict")

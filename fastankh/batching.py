@@ -1,7 +1,7 @@
 """`length_batches`: group sequences of similar length, longest first, under a row and/or token limit.
 
 One routine for every batched pass over sequences: training batches (tasks/data_batching.py), predictions
-(tasks/predict.py) and embeddings (fastankh.embed_dataset).
+(tasks/prediction.py) and embeddings (fastankh.embed_dataset).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The one table of task kinds: for each kind, the model class it trains and exports, its problem_type,
-its default head and its metrics. Training (tasks/module.py), export (tasks/export.py), predict
-(tasks/predict.py), metrics (tasks/metrics.py) and the task spec (tasks/spec.py) all read it.
+its default head and its metrics. Training (tasks/module.py), export (tasks/hub_export.py), predict
+(tasks/prediction.py), metrics (tasks/metrics.py) and the task spec (tasks/spec.py) all read it.
 
 It names model classes by string and imports nothing heavy, so `train.py --help` stays torch-free.
 """

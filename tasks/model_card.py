@@ -15,7 +15,7 @@ from fastankh import FastAnkhConfig
 from fastankh.configuration_fastankh import PRESETS
 
 if TYPE_CHECKING:
-    from tasks.export import Run
+    from tasks.hub_export import Run
 
 ADAPTER_USAGE = """\
 from peft import PeftModel

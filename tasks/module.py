@@ -2,7 +2,7 @@
 
 The task model (`self.model`: the class tasks/kinds.py names for the task kind, built from the task, head
 and encoder configs; a peft model over it for finetune=lora) computes the logits and THE loss; it is the
-object tasks/export.py saves. Logs `train/loss` per step, `val/loss` and `val/<metric>` per validation
+object tasks/hub_export.py saves. Logs `train/loss` per step, `val/loss` and `val/<metric>` per validation
 epoch, and `test/<split>/<metric>` per test split (split names from the data module). The constructor
 arguments are plain dicts saved as hyperparameters, so `FineTuneModule.load_from_checkpoint(path)`
 rebuilds the architecture (from the saved `model_config`) and loads the trained weights.

@@ -8,12 +8,12 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-import embed
 from fastankh import FastAnkhConfig, FastAnkhModel, embed_dataset, load_tokenizer
 from fastankh.batching import length_batches
 from fastankh.records import clean_sequence
+from tasks import embedding as embed
 from tasks.data import DataError, TaskDataModule
-from tasks.predict import check_records, read_records
+from tasks.prediction import check_records, read_records
 from tasks.spec import TaskSpec
 from tests.cli.test_export import REPO
 
@@ -76,7 +76,7 @@ def embed_cli(path: str, tmp_path) -> str:
         cfg = compose(
             "embed", overrides=[f"input={path}", f"output={tmp_path / 'out.safetensors'}", "model=/nonexistent/encoder"]
         )
-    embed.embed(cfg)  # a valid file goes on to load the (missing) encoder
+    embed.embed_file(cfg)  # a valid file goes on to load the (missing) encoder
     raise AssertionError("unreachable")
 
 

@@ -50,9 +50,16 @@ def test_the_groups_users_are_promised_exist():
 
 
 def test_every_task_model_finetune_combination_composes():
+    """Every pair of choices composes together (task x model, task x mode, model x mode): the groups
+    interact only pairwise (the model sets precision, the task sets the monitor), at half the cost."""
     tasks, models, modes = options("task"), options("model"), options("finetune")
     assert len(tasks) >= 12
-    for task, model, mode in itertools.product(tasks, models, modes):
+    pairs = [
+        *itertools.product(tasks, models, modes[:1]),
+        *itertools.product(tasks, models[:1], modes[1:]),
+        *itertools.product(tasks[:1], models[1:], modes[1:]),
+    ]
+    for task, model, mode in pairs:
         cfg = resolved(f"task={task}", f"model={model}", f"finetune={mode}")
         spec = TaskSpec.from_config(cfg.task)
         assert cfg.finetune.mode == mode and cfg.model.preset == model

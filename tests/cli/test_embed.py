@@ -7,8 +7,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
-import embed
 from fastankh import FastAnkhConfig, FastAnkhForTokenClassification, FastAnkhModel, load_tokenizer
+from tasks import embedding as embed
 from tasks.data_sources import DataError
 from tests.cli.test_export import REPO, run_cli
 
@@ -96,5 +96,5 @@ def test_duplicate_table_ids_are_refused(encoder_dir, tmp_path):
             ],
         )
     with pytest.raises(DataError, match=r"in\.csv: record id 'a' appears more than once"):
-        embed.embed(cfg)
+        embed.embed_file(cfg)
     assert not (tmp_path / "out.safetensors").exists()

@@ -33,10 +33,10 @@ from fastankh import (
     load_tokenizer,
     prefix_length,
 )
-from tasks.export import export_checkpoint
+from tasks.hub_export import export_checkpoint
 from tasks.kinds import non_residue_token_ids
 from tasks.module import FineTuneModule
-from tasks.predict import load_task_model
+from tasks.prediction import load_task_model
 from tasks.spec import IGNORE_INDEX
 from tests.fastankh.test_model import BLOCK_FASTANKH
 from tests.tasks.synthetic import make_batch, make_module

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-import tasks.predict
+import tasks.prediction
 from fastankh import FastAnkhConfig, FastAnkhModel, load_tokenizer, prefix_length
-from tasks.export import export_checkpoint
-from tasks.predict import load_task_model, predict_file
+from tasks.hub_export import export_checkpoint
+from tasks.prediction import load_task_model, predict_file
 from tests.cli.test_export import REPO, best_checkpoint, run_cli, short_rows, train_run
 from tests.cli.test_train import write_sequences
 
@@ -94,7 +94,7 @@ def test_on_invalid_error_stops_before_loading_the_model(models, fasta_records, 
     def must_not_load(*args, **kwargs):
         raise AssertionError("the model was loaded although the input is invalid")
 
-    monkeypatch.setattr(tasks.predict, "load_task_model", must_not_load)
+    monkeypatch.setattr(tasks.prediction, "load_task_model", must_not_load)
     with pytest.raises(ValueError, match=r"in\.fasta: row 21 \(id bad_record\): unknown residue"):
         predict_file(models["residue"], tmp_path / "in.fasta", tmp_path / "out.csv", on_invalid="error")
     assert not (tmp_path / "out.csv").exists()

@@ -1,4 +1,4 @@
-"""Predictions of an exported task model (see tasks/export.py) on a FASTA or table of sequences.
+"""Predictions of an exported task model (see tasks/hub_export.py) on a FASTA or table of sequences.
 
 Output table, one row per valid input record, in input order:
   id, sequence, prediction, and for classification kinds one `prob_<label>` column per label.
