@@ -14,19 +14,11 @@ import re
 
 import torch
 
-from .configuration_fastankh import FastAnkhConfig
+from .configuration_fastankh import ARCHITECTURE_FIELDS, FastAnkhConfig
 
+# The architecture, plus what a T5 config.json also says about training and special ids.
 T5_CONFIG_FIELDS = (
-    "vocab_size",
-    "d_model",
-    "d_kv",
-    "d_ff",
-    "num_layers",
-    "num_heads",
-    "relative_attention_num_buckets",
-    "relative_attention_max_distance",
-    "feed_forward_proj",
-    "dense_act_fn",
+    *ARCHITECTURE_FIELDS,
     "layer_norm_epsilon",
     "dropout_rate",
     "pad_token_id",
