@@ -8,6 +8,9 @@ import zlib
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Inductor compiles flex in-process: its worker pool is forked from a process that earlier tests left with
+# live threads (wandb, tokenizers), and a fork there can deadlock.
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 
 import pytest
 import torch
