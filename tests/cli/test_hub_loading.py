@@ -22,18 +22,9 @@ import yaml
 
 from fastankh import load_tokenizer
 from tasks.model_card import card_metadata
-from tests.cli.test_export import best_checkpoint, run_cli, short_rows
+from tests.cli.test_export import TINY, best_checkpoint, run_cli, short_rows
 from tests.fastankh.test_model import BLOCK_FASTANKH
 
-TINY = [
-    "model.config.num_layers=1",
-    "trainer.max_epochs=1",
-    "data.batch_size=4",
-    "~callbacks.progress_bar",
-    "+trainer.enable_model_summary=false",
-    "task.data.val_fraction=0.25",
-    "task.data.test_fraction=0.25",
-]
 SEQUENCES = ["MKTAYIAKQRQISFVKSHFSRQ", "GSHMLEDPVNX", "ACDEFGHIKLMNPQRSTVWY"]
 PROMPT = "Do you wish to run the custom code"
 
