@@ -37,6 +37,16 @@ def _per_residue(value: Any, separator: str | None) -> list:
     return text.split() if any(c.isspace() for c in text) else list(text)
 
 
+def _is_mask_value(mark: Any, value: str) -> bool:
+    """Whether a mask cell holds task.data.mask_value: compared as numbers when both parse as floats (so
+    "0", "0.0", "0.00" and 0.0 all match 0, as protbench reads the `disorder` column), else as text."""
+    text = _text(mark)
+    try:
+        return float(text) == float(value)
+    except ValueError:
+        return text == value
+
+
 def _show(items: list) -> str:
     return ", ".join(repr(i) if isinstance(i, str) else str(i) for i in items)
 
@@ -189,7 +199,7 @@ def encode(table: Table, task: TaskSpec) -> dict[str, list]:
                     if len(marks) != n:
                         say(f"mask length {len(marks)} != sequence length {n} (column '{d.mask_column}')")
                         continue
-                    counts = [_text(m) != d.mask_value for m in marks]
+                    counts = [not _is_mask_value(m, d.mask_value) for m in marks]
                 labels = _residue_labels(task, cell, counts, say)
                 if labels is None:
                     continue
