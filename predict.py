@@ -32,6 +32,7 @@ def main(cfg: DictConfig) -> None:
             sequence_column=cfg.sequence_column,
             max_length=cfg.max_length,
             device=device,
+            precision=cfg.precision,
             progress=cfg.progress,
             report=lambda line: print(f"skipping {line}", file=sys.stderr),
         )

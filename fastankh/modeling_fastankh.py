@@ -30,6 +30,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput
 
 from .configuration_fastankh import ARCHITECTURE_FIELDS, FastAnkhConfig
+from .precision import resolve_precision
 from .t5_conversion import (  # noqa: F401  (_checkpoint_model_type: used by modeling_tasks.py)
     _checkpoint_config,
     _checkpoint_model_type,
@@ -374,7 +375,9 @@ class FastAnkhPreTrainedModel(PreTrainedModel):
         (T5ForConditionalGeneration / T5EncoderModel) keep the encoder and shared embedding only.
         Keyword arguments that name config fields override the checkpoint's config (`attn_backend`,
         `dropout_rate`, ...); architecture fields (ARCHITECTURE_FIELDS) must equal the checkpoint's.
-        `device` moves the loaded model there; `dtype` casts the weights; other keyword arguments are
+        `device` moves the loaded model there; `dtype` casts the weights; `precision` ("auto" | "32" | "bf16",
+        fastankh/precision.py) casts them to the dtype that precision computes in on that device (`auto`:
+        bf16 where the hardware has native bf16, else fp32); other keyword arguments are
         transformers' loading options (for T5 checkpoints: hub options, `config`, `device_map` as one
         device and `output_loading_info`).
         """
@@ -382,6 +385,7 @@ class FastAnkhPreTrainedModel(PreTrainedModel):
             raise TypeError(f"{cls.__name__}.from_pretrained takes one positional argument (the path), got {args!r}")
         path = os.fspath(pretrained_model_name_or_path)
         device = kwargs.pop("device", None)
+        precision = kwargs.pop("precision", None)
         want_info = kwargs.pop("output_loading_info", False)
         if attn_backend is not None:
             kwargs["attn_backend"] = attn_backend
@@ -404,6 +408,8 @@ class FastAnkhPreTrainedModel(PreTrainedModel):
                 model.reset_lm_head()
         if device is not None:
             model.to(device)
+        if precision is not None:
+            model.to(resolve_precision(precision, model.device))
         return (model, info) if want_info else model
 
 

@@ -21,6 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .atomic import atomic_path
 from .batching import length_batches
+from .precision import resolve_precision
 from .records import RECORD_SUFFIXES, RecordError, clean_sequence, file_suffix, read_records
 from .tokenization import load_tokenizer, prefix_length
 
@@ -82,11 +83,12 @@ def _check_records(records: list[_Record], max_len: int, truncate: bool) -> dict
     return out
 
 
-def _store_metadata(full_embeddings: bool, pooling: str, dtype: torch.dtype) -> dict[str, str]:
+def _store_metadata(full_embeddings: bool, pooling: str, dtype: torch.dtype, compute: torch.dtype) -> dict[str, str]:
     return {
         "format": STORE_FORMAT,
         "output": "per_residue" if full_embeddings else f"pooled_{pooling}",
         "dtype": str(dtype).removeprefix("torch."),
+        "compute": str(compute).removeprefix("torch."),
     }
 
 
@@ -98,7 +100,9 @@ def _load_store(path: str, metadata: dict[str, str]) -> dict[str, torch.Tensor]:
             raise ValueError(
                 f"{path}: not a FastANKH embeddings file (no {STORE_FORMAT!r} metadata); refusing to overwrite it"
             )
-        for field in ("output", "dtype"):
+        for field in ("output", "dtype", "compute"):
+            if field == "compute" and field not in saved:  # written before compute precision was recorded
+                continue
             if saved.get(field) != metadata[field]:
                 raise ValueError(
                     f"{path}: saved with {field}={saved.get(field)}, this run asks {field}={metadata[field]}; "
@@ -111,6 +115,15 @@ def _save_store(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str,
     """Write `tensors` to `path` atomically (fastankh.atomic.atomic_path)."""
     with atomic_path(path) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+
+
+def _weights_in(model: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Copies in `dtype` of the model's floating weights and buffers that are in another dtype (empty: none)."""
+    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    if all(t.dtype == dtype or not t.is_floating_point() for t in tensors.values()):
+        return {}
+    with torch.no_grad():
+        return {n: t.to(dtype) if t.is_floating_point() else t for n, t in tensors.items()}
 
 
 def embed_dataset(
@@ -127,6 +140,7 @@ def embed_dataset(
     progress: bool = True,
     truncate: bool = False,
     save_every: int = 100,
+    precision: str = "auto",
 ) -> dict[str, torch.Tensor]:
     """Embed protein sequences with an ANKH encoder (FastAnkhModel, or any encoder whose forward
     takes input_ids/attention_mask and returns `last_hidden_state`, e.g. transformers' T5EncoderModel).
@@ -144,6 +158,10 @@ def embed_dataset(
     max_tokens: optional cap on padded tokens per batch (on top of batch_size).
     save_path: safetensors file; if it exists, ids already there are loaded, not recomputed, and
     the file is rewritten atomically every `save_every` batches and at the end.
+    precision: the dtype the model computes in ("auto" | "32" | "bf16", fastankh/precision.py). `auto` is
+    bf16 on hardware with native bf16 matmuls (CUDA, CPUs with AMX or avx512_bf16), else fp32; `32` is exact.
+    The model itself is not changed: a bf16 copy of its weights is used for the call. `dtype` is the
+    stored dtype of the results, a separate choice.
     """
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
@@ -153,7 +171,9 @@ def embed_dataset(
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model.config)
     prefix = prefix_length(tokenizer)
 
-    metadata = _store_metadata(full_embeddings, pooling, dtype)
+    device = next(model.parameters()).device
+    compute = resolve_precision(precision, device)
+    metadata = _store_metadata(full_embeddings, pooling, dtype, compute)
     save_path = os.fspath(save_path) if save_path is not None else None
     store = _load_store(save_path, metadata) if save_path and os.path.exists(save_path) else {}
     for key, tensor in store.items():
@@ -178,7 +198,7 @@ def embed_dataset(
                 "residue tokens; sequences must hold one character per residue"
             )
 
-    device = next(model.parameters()).device
+    weights = _weights_in(model, compute)
     pad_id = tokenizer.pad_token_id
     was_training = model.training
     model.eval()
@@ -192,7 +212,8 @@ def embed_dataset(
                 input_ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
                 attention_mask[row, : len(encoded[i])] = 1
             with torch.inference_mode():
-                output = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device))
+                inputs = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
+                output = torch.func.functional_call(model, weights, (), inputs) if weights else model(**inputs)
             hidden = output.last_hidden_state  # (B, width, d_model)
             # Outside inference mode, so the results are ordinary tensors a user can train on.
             for row, i in enumerate(batch):

@@ -59,6 +59,7 @@ def embed_file(cfg: Mapping[str, Any]) -> dict[str, torch.Tensor]:
             progress=cfg.progress,
             truncate=cfg.truncate,
             save_every=cfg.save_every,
+            precision=cfg.precision,
         )
     except ValueError as err:  # a bad record (named) or an output file written with other options
         message = str(err)

@@ -30,6 +30,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoMod
 
 from fastankh import load_tokenizer
 from fastankh.batching import length_batches
+from fastankh.precision import resolve_precision
 from fastankh.records import Record, RecordError
 from fastankh.records import read_records as _read_records
 from fastankh.tokenization import prefix_length
@@ -87,9 +88,10 @@ def _repo_file(name_or_path: str, filename: str) -> str | None:
         return None
 
 
-def load_task_model(name_or_path: str | os.PathLike, device: str | torch.device = "cpu"):
+def load_task_model(name_or_path: str | os.PathLike, device: str | torch.device = "cpu", precision: str = "32"):
     """(model, tokenizer, kind) of an export folder or hub id; adapter-only exports load with peft onto
-    their base (`config.base_model_name_or_path`). The model is in eval mode on `device`."""
+    their base (`config.base_model_name_or_path`). The model is in eval mode on `device`, its weights in the
+    dtype `precision` computes in there ("auto" | "32" | "bf16", fastankh/precision.py)."""
     name = os.fspath(name_or_path)
     config = AutoConfig.from_pretrained(name)
     kind = task_kind(config)
@@ -105,7 +107,8 @@ def load_task_model(name_or_path: str | os.PathLike, device: str | torch.device 
         model = PeftModel.from_pretrained(auto.from_pretrained(base, config=config), name)
     else:
         model = auto.from_pretrained(name)
-    return model.to(device).eval(), load_tokenizer(name), kind
+    dtype = resolve_precision(precision, device)
+    return model.to(device=device, dtype=dtype).eval(), load_tokenizer(name), kind
 
 
 def _fmt(values: torch.Tensor) -> str:
@@ -175,16 +178,22 @@ def predict_file(
     sequence_column: str = "sequence",
     max_length: int | None = None,
     device: str = "cpu",
+    precision: str = "auto",
     progress: bool = True,
     report: Callable[[str], None] | None = None,
 ) -> list[str]:
     """Predict every valid record of `input` into `output`; returns the problem lines of skipped records.
 
-    Bad input raises DataError before the model is loaded (on_invalid="error": one line per invalid
+    `precision`: the dtype the model computes in (see load_task_model); `auto` is bf16 on hardware with native
+    bf16 matmuls. Bad input raises DataError before the model is loaded (on_invalid="error": one line per invalid
     record); on_invalid="skip" passes each line to `report` before any prediction and predicts the rest.
     """
     if on_invalid not in ON_INVALID:
         raise DataError(f"on_invalid must be one of {ON_INVALID}, got {on_invalid!r}")
+    try:  # a bad precision (e.g. fp16) stops before any work
+        resolve_precision(precision, device)
+    except ValueError as err:
+        raise DataError(str(err)) from None
     if Path(output).suffix.lower() not in OUTPUT_SUFFIXES:
         raise DataError(f"{output}: output must end in {' or '.join(OUTPUT_SUFFIXES)}")
     records = read_records(input, id_column, sequence_column)
@@ -196,7 +205,7 @@ def predict_file(
             report(line)
     if not valid:
         raise DataError(f"{input}: no valid records to predict")
-    task_model, tokenizer, kind = load_task_model(model, device)
+    task_model, tokenizer, kind = load_task_model(model, device, precision)
     rows = predict_records(task_model, tokenizer, kind, [records[i] for i in valid], batch_size, progress)
     write_table(rows, output)
     return problems

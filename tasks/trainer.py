@@ -172,6 +172,13 @@ def build_loggers(cfg: DictConfig, ckpt_path: str | None = None) -> list:
 def build_trainer(cfg: DictConfig, ckpt_path: str | None = None) -> L.Trainer:
     """Trainer from cfg.trainer with the callbacks and loggers of cfg.callbacks / cfg.logger, atomic
     checkpoint writes and per-epoch seeding; `ckpt_path` is the checkpoint the run resumes from, if any."""
+    precision = str(cfg.trainer.get("precision"))
+    if precision.startswith("16") or precision in ("fp16", "half"):
+        # Lightning would silently turn it into bf16-mixed on CPU and run it on GPU, where T5 overflows.
+        raise SystemExit(
+            f"error: model.precision={precision}: T5 models such as ANKH overflow in fp16 (NaN losses); "
+            "use model.precision=bf16-mixed (or 32-true)"
+        )
     callbacks = _instantiate_all(cfg.get("callbacks")) + [EpochSeed(cfg.seed)]
     loggers = build_loggers(cfg, ckpt_path)
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])

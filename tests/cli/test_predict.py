@@ -12,6 +12,7 @@ import torch
 
 import tasks.prediction
 from fastankh import FastAnkhConfig, FastAnkhModel, load_tokenizer, prefix_length
+from tasks.data_sources import DataError
 from tasks.hub_export import export_checkpoint
 from tasks.prediction import load_task_model, predict_file
 from tests.cli.test_export import REPO, best_checkpoint, run_cli, short_rows, train_run
@@ -230,3 +231,16 @@ def test_predict_columns_and_values_are_the_models_outputs(kind, kind_models, tm
             got = torch.tensor([getattr(row, f"prob_{label}") for label in labels])
             torch.testing.assert_close(got, probs, atol=1e-5, rtol=0)
             assert row.prediction == ",".join(label for label, p in zip(labels, probs) if p >= 0.5)
+
+
+def test_bf16_predictions_agree_with_fp32_and_fp16_is_refused(models, tmp_path):
+    frame = short_rows("solubility.csv", 12, max_len=300)[["id", "sequence"]]
+    frame.to_csv(tmp_path / "in.csv", index=False)
+    for precision in ("32", "bf16"):
+        predict_file(models["sequence"], tmp_path / "in.csv", tmp_path / f"{precision}.csv", precision=precision)
+    fp32, bf16 = pd.read_csv(tmp_path / "32.csv"), pd.read_csv(tmp_path / "bf16.csv")
+    assert not fp32["prob_1"].equals(bf16["prob_1"])  # it computed in bf16
+    torch.testing.assert_close(torch.tensor(bf16["prob_1"]), torch.tensor(fp32["prob_1"]), atol=0.02, rtol=0)
+    with pytest.raises(DataError, match="overflow in fp16"):
+        predict_file(models["sequence"], tmp_path / "in.csv", tmp_path / "16.csv", precision="16-mixed")
+    assert not (tmp_path / "16.csv").exists()

@@ -403,3 +403,16 @@ def test_console_tells_each_thing_once_and_ends_with_the_next_command(tmp_path):
         f"run: {out} | best checkpoint: {best} | next: python export.py checkpoint={best} output_dir=exports/ss3_local"
     )
     assert (out / "train.log").read_text().count("GPU available") == 1
+
+
+def test_bf16_true_trains_on_cpu_with_bf16_weights(tmp_path):
+    out = run(tmp_path, "model.precision=bf16-true")
+    state = torch.load(only_epoch_checkpoint(out), weights_only=True)["state_dict"]
+    assert {v.dtype for k, v in state.items() if k.endswith("weight")} == {torch.bfloat16}
+    assert math.isfinite(metrics_of(out)["test"]["loss"])
+
+
+def test_fp16_is_refused_before_training(tmp_path):
+    with pytest.raises(SystemExit, match="model.precision=16-mixed: T5 models such as ANKH overflow in fp16"):
+        run(tmp_path, "model.precision=16-mixed")
+    assert not (tmp_path / "run" / "checkpoints").exists()

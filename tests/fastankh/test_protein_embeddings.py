@@ -171,7 +171,7 @@ def test_crash_while_saving_keeps_the_previous_file(model, tmp_path, monkeypatch
         embed_dataset(model, {"a": SEQS[0], "b": SEQS[1]}, save_path=path, progress=False)
     assert path.read_bytes() == good
     assert os.listdir(tmp_path) == ["emb.safetensors"]  # the half-written temp file is gone too
-    monkeypatch.undo()
+    monkeypatch.setattr(embedding, "save_file", real_save)
     with ForwardRecorder(model) as rec:
         embed_dataset(model, {"a": SEQS[0], "b": SEQS[1]}, save_path=path, progress=False)
     assert rec.rows == 1  # "a" still comes from the file
