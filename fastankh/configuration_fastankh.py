@@ -10,6 +10,7 @@ from typing import Any
 from transformers import PreTrainedConfig
 
 ATTN_BACKENDS = ("sdpa", "flex", "kernels_flash")
+FLEX_KERNELS = ("auto", "triton", "flash")
 # Fields that fix what the weights mean: a checkpoint only loads with its own values of these.
 ARCHITECTURE_FIELDS = (
     "vocab_size",
@@ -97,7 +98,9 @@ class FastAnkhConfig(PreTrainedConfig):
 
     Field names follow `T5Config` so original ANKH `config.json` files load unchanged;
     `hidden_size`, `num_attention_heads`, `num_hidden_layers` and `head_dim` are aliases.
-    `attn_backend` picks the attention kernel: "sdpa", "flex" or "kernels_flash".
+    `attn_backend` picks the attention kernel: "sdpa", "flex" or "kernels_flash". `flex_kernel` picks flex's
+    GPU kernel: "auto" (FLASH/FA4 on Hopper and Blackwell where flash_attn.cute is installed, else Triton),
+    "triton" or "flash".
     """
 
     model_type = "fast_ankh"
@@ -122,6 +125,7 @@ class FastAnkhConfig(PreTrainedConfig):
     dropout_rate: float = 0.0
     initializer_factor: float = 1.0
     attn_backend: str = "sdpa"
+    flex_kernel: str = "auto"
     pad_token_id: int | None = 0
     eos_token_id: int | None = 1
     tie_word_embeddings: bool = False
@@ -136,6 +140,8 @@ class FastAnkhConfig(PreTrainedConfig):
             self.feed_forward_proj = "gated-gelu" if self.dense_act_fn == "gelu_new" else f"gated-{self.dense_act_fn}"
         if self.attn_backend not in ATTN_BACKENDS:
             raise ValueError(f"attn_backend must be one of {ATTN_BACKENDS}, got {self.attn_backend!r}")
+        if self.flex_kernel not in FLEX_KERNELS:
+            raise ValueError(f"flex_kernel must be one of {FLEX_KERNELS}, got {self.flex_kernel!r}")
         kwargs.pop("is_encoder_decoder", None)
         self.tie_word_embeddings = False
         super().__post_init__(**kwargs)

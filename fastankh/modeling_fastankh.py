@@ -40,7 +40,8 @@ from .t5_conversion import (  # noqa: F401  (_checkpoint_model_type: used by mod
     t5_key_to_fastankh,
 )
 
-FLEX_BLOCK = 128  # flex pads lengths to a multiple of this so few shapes are ever compiled
+FLEX_BLOCK = 128  # flex's sparse block size
+FLEX_MIN_ROW = 1024  # the shortest packed flex row (see flex_row_length)
 
 
 # --------------------------------------------------------------------------------------------
@@ -115,18 +116,18 @@ class FastAnkhAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, attn: AttentionInputs) -> torch.Tensor:
         """x: (N, d_model) packed real tokens -> (N, d_model); see `AttentionInputs` for the layout."""
-        b, length = attn.batch, attn.length
+        rows, length = attn.rows, attn.row_length
 
-        def heads(t: torch.Tensor) -> torch.Tensor:  # (N, inner) -> (B, H, L, d_kv)
-            return attn.unpack(t).view(b, length, self.num_heads, self.d_kv).transpose(1, 2)
+        def heads(t: torch.Tensor) -> torch.Tensor:  # (N, inner) -> (rows, H, row_length, d_kv)
+            return attn.to_attention(t).view(rows, length, self.num_heads, self.d_kv).transpose(1, 2)
 
         q, k, v = heads(self.q(x)), heads(self.k(x)), heads(self.v(x))
         if attn.backend == "flex":
-            out = _compiled_flex()(q, k, v, score_mod=attn.score_mod, block_mask=attn.block_mask, scale=1.0)
+            out = _flex_attention(q, k, v, attn)
         else:
             mask = attn.mask if attn.mask.dtype == q.dtype else attn.mask.to(q.dtype)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
-        return self.o(attn.pack(out.transpose(1, 2).reshape(b * length, -1)))
+        return self.o(attn.from_attention(out.transpose(1, 2).reshape(rows * length, -1)))
 
 
 class FastAnkhFeedForward(nn.Module):
@@ -166,29 +167,47 @@ class FastAnkhBlock(GradientCheckpointingLayer):
 # --------------------------------------------------------------------------------------------
 # Attention inputs shared by every layer of one forward
 # --------------------------------------------------------------------------------------------
+def flex_row_length(tokens: int) -> int:
+    """Length of the one packed flex row holding `tokens` real tokens: FLEX_MIN_ROW * 4**k.
+
+    flex is compiled for static shapes, one graph per row length; rows of 1024, 4096, 16384 and 65536
+    tokens mean any mix of batch sizes and lengths up to 65,536 tokens a batch compiles at most 4 graphs.
+    The unused tail is cheap: its blocks are skipped by the block mask and no matmul outside attention
+    sees it (norms, projections and FFN run on the real tokens only)."""
+    length = FLEX_MIN_ROW
+    while length < tokens:
+        length *= 4
+    return length
+
+
 @dataclass
 class AttentionInputs:
     """What every layer needs to attend, built once per forward.
 
     Layout: everything position-wise (norms, projections, FFN) runs on the real tokens only, packed
     as (N, d_model) rows; `token_index` (N,) says where they sit in the flattened (B * L) padded batch
-    (None: no padding, N = B * L). Only attention scatters them back to (B, H, L, d_kv). On length-
-    bucketed batches this skips the padding's share of every matmul.
-
-    sdpa: `mask` (B or 1, H, L, L) additive float = position bias + key padding.
-    flex: `score_mod` (bias looked up by distance) and `block_mask` (key padding, padded blocks skipped).
+    (None: no padding, N = B * L). Attention sees them as `rows` x `length`:
+    - sdpa: the padded batch (B, L); `mask` (B or 1, H, L, L) additive float = position bias + key padding.
+    - flex: ONE packed row (1, T) of the N tokens, sequence after sequence, zeros after (T =
+      flex_row_length(N)); `block_mask` lets a token attend only its own sequence and skips every block
+      outside it, `score_mod` adds the bias of the within-sequence distance. Results equal the padded path;
+      the compiled graph depends on T only, never on the batch size or the lengths.
     """
 
     backend: str
-    batch: int
-    length: int
+    batch: int  # B of the padded batch
+    length: int  # L of the padded batch
+    rows: int  # rows attention runs on: B (sdpa) or 1 (flex)
+    row_length: int  # L (sdpa) or T (flex)
+    tokens: int  # N, real tokens
     token_index: torch.Tensor | None = None
     mask: torch.Tensor | None = None
     score_mod: object = None
     block_mask: object = None
+    kernel_options: dict | None = None
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
-        """(B * L, d) -> (N, d)."""
+        """(B * L, d) padded batch -> (N, d) real tokens."""
         return x if self.token_index is None else x.index_select(0, self.token_index)
 
     def unpack(self, x: torch.Tensor) -> torch.Tensor:
@@ -197,21 +216,91 @@ class AttentionInputs:
             return x
         return x.new_zeros(self.batch * self.length, x.size(-1)).index_copy(0, self.token_index, x)
 
+    def to_attention(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, d) -> (rows * row_length, d), the layout attention runs on."""
+        if self.backend == "flex":
+            return F.pad(x, (0, 0, 0, self.row_length - self.tokens))
+        return self.unpack(x)
+
+    def from_attention(self, x: torch.Tensor) -> torch.Tensor:
+        """(rows * row_length, d) -> (N, d)."""
+        return x[: self.tokens] if self.backend == "flex" else self.pack(x)
+
+
+def _document_block_mask(documents: torch.Tensor, real: int, mask_mod) -> object:
+    """Block mask of a packed row whose position p belongs to sequence `documents[p]` (sorted; `real` marks
+    the tail): a (query block, key block) pair is computed only when both hold a common real sequence, and
+    is "full" (no mask_mod call) when both lie inside one. O((T / 128)^2) work, no T x T tensor."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    length = documents.numel()
+    first, last = documents[::FLEX_BLOCK], documents[FLEX_BLOCK - 1 :: FLEX_BLOCK]  # (n_blocks,)
+    low = torch.maximum(first[:, None], first[None, :])
+    high = torch.minimum(last[:, None], last[None, :])
+    shared = (low <= high) & (low < real)
+    full = shared & (first == last)[:, None] & (first == last)[None, :] & (first[:, None] == first[None, :])
+    partial = shared & ~full
+
+    def listed(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        count = blocks.sum(-1, dtype=torch.int32)[None, None]  # (1, 1, n_blocks)
+        order = torch.argsort((~blocks).to(torch.int8), dim=-1, stable=True).to(torch.int32)[None, None]
+        return count, order
+
+    return BlockMask.from_kv_blocks(
+        *listed(partial), *listed(full), BLOCK_SIZE=FLEX_BLOCK, mask_mod=mask_mod, seq_lengths=(length, length)
+    )
+
 
 _FLEX = None
 
 
 def _compiled_flex():
-    """flex_attention compiled once per process (static shapes; lengths are padded to FLEX_BLOCK)."""
+    """flex_attention compiled once per process, for static shapes (one graph per packed row length)."""
     global _FLEX
     if _FLEX is None:
         from torch.nn.attention.flex_attention import flex_attention
 
-        # Each padded length / batch size is one graph; the default limit (8) is too low for
-        # a dataset with lengths up to a few thousand residues.
-        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
         _FLEX = torch.compile(flex_attention, dynamic=False)
     return _FLEX
+
+
+def flex_kernel_options(choice: str, device: torch.device) -> dict | None:
+    """kernel_options for flex on `device`: config.flex_kernel "auto" takes FLASH (FA4, cute-dsl) on Hopper and
+    Blackwell GPUs where flash_attn.cute is installed, torch's default (Triton) elsewhere; "triton" / "flash"
+    force one. CPU kernels take no backend choice."""
+    if device.type != "cuda":
+        return None
+    if choice == "auto":
+        import importlib.util
+
+        hopper_or_later = torch.cuda.get_device_capability(device)[0] in (9, 10)
+        try:
+            has_flash = importlib.util.find_spec("flash_attn.cute") is not None
+        except ImportError:  # no flash_attn at all
+            has_flash = False
+        choice = "flash" if hopper_or_later and has_flash else "triton"
+    return {"BACKEND": choice.upper()}
+
+
+def _flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn: AttentionInputs) -> torch.Tensor:
+    """Compiled flex on (1, H, T, d_kv); a FLASH kernel that cannot run falls back to Triton once, with a warning."""
+    global _FLASH_FAILED
+    options = attn.kernel_options
+    if _FLASH_FAILED and options and options["BACKEND"] == "FLASH":
+        options = {"BACKEND": "TRITON"}
+    try:
+        return _compiled_flex()(
+            q, k, v, score_mod=attn.score_mod, block_mask=attn.block_mask, scale=1.0, kernel_options=options
+        )
+    except Exception as err:  # noqa: BLE001 - FA4 is experimental in torch; anything it raises means "not here"
+        if not options or options["BACKEND"] != "FLASH":
+            raise
+        _FLASH_FAILED = True
+        _warn_once(f"flex FLASH kernel failed ({type(err).__name__}: {err}); using the Triton kernel instead")
+        return _flex_attention(q, k, v, attn)
+
+
+_FLASH_FAILED = False
 
 
 def flex_available() -> bool:
@@ -261,31 +350,49 @@ class FastAnkhEncoder(nn.Module):
         self.dropout = nn.Dropout(config.dropout_rate)
 
     def _attention_inputs(self, backend: str, key_mask: torch.Tensor, dtype: torch.dtype) -> AttentionInputs:
-        """key_mask: (B, L) bool, True for real tokens."""
+        """key_mask: (B, L) bool, True for real tokens (for flex: one run of them per row)."""
         b, length = key_mask.shape
         device = key_mask.device
         token_index = None if bool(key_mask.all()) else key_mask.flatten().nonzero().squeeze(1)
+        tokens = b * length if token_index is None else token_index.numel()
         if backend == "sdpa":
             bias = self.position_bias.dense(length, device)  # (1, H, L, L)
             if token_index is None:
-                return AttentionInputs("sdpa", b, length, mask=bias.to(dtype))
+                return AttentionInputs("sdpa", b, length, b, length, tokens, mask=bias.to(dtype))
             padding = torch.zeros(b, 1, 1, length, device=device, dtype=bias.dtype)
             padding.masked_fill_(~key_mask[:, None, None, :], torch.finfo(bias.dtype).min)
-            return AttentionInputs("sdpa", b, length, token_index, mask=(bias + padding).to(dtype))
+            mask = (bias + padding).to(dtype)
+            return AttentionInputs("sdpa", b, length, b, length, tokens, token_index, mask=mask)
 
-        from torch.nn.attention.flex_attention import create_block_mask
-
-        table = self.position_bias.by_distance(length, device).to(dtype)  # (2L-1, H)
-        offset = length - 1
+        # flex: the N tokens packed into one row, sequence after sequence; `documents` says whose each is.
+        row = flex_row_length(tokens)
+        lengths = key_mask.sum(1)
+        documents = torch.full((row,), b, dtype=torch.int32, device=device)  # b = the empty tail
+        documents[:tokens] = torch.repeat_interleave(torch.arange(b, dtype=torch.int32, device=device), lengths)
+        # A token's distance to another of its sequence is its distance in the row: the bias table by distance.
+        table = self.position_bias.by_distance(row, device).to(dtype)  # (2T-1, H)
+        offset = row - 1
 
         def score_mod(score, batch, head, q_idx, kv_idx):
             return score + table[kv_idx - q_idx + offset, head]
 
         def mask_mod(batch, head, q_idx, kv_idx):
-            return key_mask[batch, kv_idx]
+            return documents[q_idx] == documents[kv_idx]
 
-        block_mask = create_block_mask(mask_mod, b, None, length, length, device=device)
-        return AttentionInputs("flex", b, length, token_index, score_mod=score_mod, block_mask=block_mask)
+        block_mask = _document_block_mask(documents, b, mask_mod)
+        options = flex_kernel_options(self.config.flex_kernel, device)
+        return AttentionInputs(
+            "flex",
+            b,
+            length,
+            1,
+            row,
+            tokens,
+            token_index,
+            score_mod=score_mod,
+            block_mask=block_mask,
+            kernel_options=options,
+        )
 
     def forward(
         self,
@@ -305,10 +412,11 @@ class FastAnkhEncoder(nn.Module):
         )
         training = torch.is_grad_enabled() and (self.training or any(p.requires_grad for p in self.parameters()))
         backend = resolve_backend(self.config.attn_backend, hidden.device, training)
-        pad = (-length) % FLEX_BLOCK if backend == "flex" else 0
-        if pad:  # extra positions are masked keys; their query rows are dropped below
-            hidden = F.pad(hidden, (0, 0, 0, pad))
-            key_mask = F.pad(key_mask, (0, pad), value=False)
+        if backend == "flex":
+            runs = key_mask[:, 0].int() + (key_mask[:, 1:] & ~key_mask[:, :-1]).sum(1)
+            if bool((runs > 1).any()):  # packing keeps a sequence's distances only if its tokens are one run
+                _warn_once("flex needs each row's tokens in one run (no holes in attention_mask); using sdpa")
+                backend = "sdpa"
         if torch.is_autocast_enabled(hidden.device.type):
             dtype = torch.get_autocast_dtype(hidden.device.type)
         else:
@@ -316,7 +424,7 @@ class FastAnkhEncoder(nn.Module):
         attn = self._attention_inputs(backend, key_mask, dtype)
 
         def padded(x: torch.Tensor) -> torch.Tensor:  # (N, d) -> (B, L, d), zeros at padding
-            return attn.unpack(x).view(b, attn.length, -1)[:, :length]
+            return attn.unpack(x).view(b, length, -1)
 
         hidden = self.dropout(attn.pack(hidden.flatten(0, 1)))
         all_hidden = []
