@@ -4,10 +4,17 @@ A source is a local file (CSV, TSV, Parquet, FASTA; optionally .gz; read by fast
 reader predict and embed use too) or, when no such file exists and the task names a `hub_id`, a data file or
 split of that Hugging Face dataset. Every table keeps the 1-based data-row number of each record in its
 source (column `ROW`), so an error can point at the line to fix.
+
+Hub datasets without the Hub: `datasets.load_dataset` reads a local folder exactly as it reads a repo id (data
+files by name; splits inferred from file names such as `fluorescence_train.csv` / `_valid` / `_test`). With
+FASTANKH_DATASETS_DIR set, a hub id whose folder `$FASTANKH_DATASETS_DIR/<hub_id>` exists (a copy laid out
+like the Hub repo, e.g. from `hf download <hub_id> --repo-type dataset --local-dir ...`) is read from there;
+`task.data.hub_id=<folder>` does the same for one task.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +26,7 @@ from fastankh.records import ROW, RecordError, file_suffix, read_table
 from .spec import DataSpec
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DATASETS_DIR_ENV = "FASTANKH_DATASETS_DIR"  # local copies of hub datasets: <dir>/<org>/<name>/
 HUB_FILE_SUFFIXES = {".csv", ".tsv", ".json", ".jsonl", ".parquet", ".txt"}
 # Values of `split_filter_column` and the split they send a row to.
 SPLIT_VALUES = {"train": "train", "valid": "val", "val": "val", "validation": "val", "dev": "val", "test": "test"}
@@ -64,13 +72,25 @@ def _read_local(path: Path, spec: DataSpec) -> pd.DataFrame:
         raise DataError(str(err)) from None
 
 
+def hub_location(hub_id: str) -> str:
+    """What `datasets.load_dataset` is given for `hub_id`: its local copy `$FASTANKH_DATASETS_DIR/<hub_id>`
+    when that folder exists, else the hub id itself (a local folder given as hub_id is read as it is)."""
+    root = os.environ.get(DATASETS_DIR_ENV)
+    if root:
+        local = Path(root).expanduser() / hub_id
+        if local.is_dir():
+            return str(local)
+    return hub_id
+
+
 def _read_hub(hub_id: str, name: str) -> pd.DataFrame:
     """A hub dataset's data file (`training_hhblits.csv`) or split (`test`) as a DataFrame."""
     from datasets import load_dataset
 
+    location = hub_location(hub_id)
     if file_suffix(name) in HUB_FILE_SUFFIXES:
-        return load_dataset(hub_id, data_files={"data": name}, split="data").to_pandas()
-    return load_dataset(hub_id, split=name).to_pandas()
+        return load_dataset(location, data_files={"data": name}, split="data").to_pandas()
+    return load_dataset(location, split=name).to_pandas()
 
 
 def read_source(source: str, spec: DataSpec) -> Table:
