@@ -139,3 +139,57 @@ def test_cli_cfg_job_for_a_large_lora_run_and_a_one_line_error_for_a_bad_key():
     assert bad.returncode == 1
     assert bad.stderr.splitlines()[0] == "Could not override 'trainer.max_epoch'."
     assert "Traceback" not in bad.stderr
+
+
+def test_every_ankh_paper_recipe_composes_for_every_model_preset():
+    """conf/experiment/ankh_paper/<task>.yaml: the paper's setup (frozen backbone, ConvBERT head, lr 1e-3,
+    batch 1 x 16, 5 epochs, fp32, seed 7) on the task's hub data, for any model= (recipe and model interact
+    only through precision, so every recipe with one model and every model with one recipe); benchmark.py's
+    table names only recipes, tasks and metrics that exist."""
+    recipes = sorted(p.stem for p in (CONF / "experiment" / "ankh_paper").glob("*.yaml") if p.stem != "frozen_convbert")
+    paper_tasks = {
+        "ss3",
+        "ss8",
+        "localization",
+        "solubility",
+        "fluorescence",
+        "remote_homology",
+        "thermostability",
+        "gb1",
+    }
+    assert paper_tasks <= set(recipes)
+    models = options("model")
+    specs = {}
+    for recipe, model in [*((r, models[0]) for r in recipes), *((recipes[0], m) for m in models[1:])]:
+        cfg = resolved(f"experiment=ankh_paper/{recipe}", f"model={model}")
+        spec = specs[f"ankh_paper/{recipe}"] = TaskSpec.from_config(cfg.task)
+        assert cfg.model.preset == model and spec.data.hub_id, (recipe, model)
+        assert (cfg.finetune.mode, cfg.head.name, cfg.head.kernel_size, cfg.head.dropout) == (
+            "frozen",
+            "convbert",
+            7,
+            0.2,
+        )
+        assert (cfg.optim.head_lr, cfg.optim.warmup_steps, cfg.data.batch_size) == (1e-3, 1000, 1)
+        assert (cfg.trainer.accumulate_grad_batches, cfg.trainer.max_epochs, cfg.trainer.precision) == (
+            16,
+            5,
+            "32-true",
+        )
+        assert cfg.seed == 7 and cfg.callbacks.model_checkpoint.monitor == spec.monitor
+    from tasks.benchmark import load_paper
+
+    suites, entries = load_paper()
+    assert set(suites["paper"]) == paper_tasks
+    for entry in entries.values():
+        spec = TaskSpec.from_config(resolved(f"task={entry.task}").task) if entry.task else specs[entry.recipe]
+        assert entry.metric in spec.metrics, entry.name
+        assert entry.recipe == "ankh_paper/frozen_convbert" or entry.recipe in specs
+
+
+def test_cli_cfg_job_resolves_a_paper_recipe():
+    shown = run_cli("experiment=ankh_paper/remote_homology", "model=ankh3_xl", "--cfg", "job", "--resolve")
+    assert shown.returncode == 0, shown.stderr
+    cfg = OmegaConf.create(shown.stdout)
+    assert cfg.task.data.hub_id == "proteinea/remote_homology" and cfg.task.labels[-1] == "1194"
+    assert cfg.model.preset == "ankh3_xl" and cfg.trainer.precision == "32-true"
