@@ -35,6 +35,7 @@ def main(cfg: DictConfig) -> None:
             precision=cfg.precision,
             progress=cfg.progress,
             report=lambda line: print(f"skipping {line}", file=sys.stderr),
+            contact_maps=cfg.contact_maps,
         )
     except DataError as err:  # bad input: its lines name the file and record; no traceback
         raise SystemExit(f"error: {err}") from None

@@ -15,7 +15,11 @@ from transformers import (
 from .batching import length_batches
 from .configuration_fastankh import ATTN_BACKENDS, PRESETS, FastAnkhConfig
 from .modeling_fastankh import FastAnkhForMaskedLM, FastAnkhModel, FastAnkhPreTrainedModel
-from .modeling_tasks import FastAnkhForSequenceClassification, FastAnkhForTokenClassification
+from .modeling_tasks import (
+    FastAnkhForContactPrediction,
+    FastAnkhForSequenceClassification,
+    FastAnkhForTokenClassification,
+)
 from .protein_embeddings import embed_dataset
 from .records import clean_sequence, read_fasta, read_records
 from .tokenization import load_tokenizer, prefix_length
@@ -32,6 +36,9 @@ FastAnkhModel.register_for_auto_class("AutoModel")
 FastAnkhForMaskedLM.register_for_auto_class("AutoModelForMaskedLM")
 FastAnkhForTokenClassification.register_for_auto_class("AutoModelForTokenClassification")
 FastAnkhForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+# No Auto class for residue-pair outputs exists: an export's auto_map serves the contact model under the token
+# one (remote code only; locally AutoModelForTokenClassification stays FastAnkhForTokenClassification).
+FastAnkhForContactPrediction.register_for_auto_class("AutoModelForTokenClassification")
 
 # Attached here, not in the modeling file: that file travels to the Hub as self-contained remote code.
 FastAnkhModel.embed_dataset = embed_dataset
@@ -44,6 +51,7 @@ __all__ = [
     "FastAnkhForMaskedLM",
     "FastAnkhForTokenClassification",
     "FastAnkhForSequenceClassification",
+    "FastAnkhForContactPrediction",
     "FastAnkhPreTrainedModel",
     "embed_dataset",
     "read_fasta",

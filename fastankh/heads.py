@@ -7,13 +7,17 @@ does not depend on what it is batched with.
 - residue heads -> (B, T, C): `linear`, `mlp`, `convbert` (the Ankh paper's light ConvBERT head:
   masked self-attention + depthwise convolution over residues + FFN);
 - sequence heads -> (B, C): pooling `mean`, `max` or `attention` over residues, then an MLP;
-  `convbert` runs the ConvBERT layer(s) first and then pools (max by default, as in Ankh).
+  `convbert` runs the ConvBERT layer(s) first and then pools (max by default, as in Ankh);
+- pair heads -> (B, T, T), one logit per residue pair (contact maps): `mlp` (the Ankh package's pair features
+  [a_i * a_j ; |a_i - a_j|] of projected residues, plus the bucketed separation |i - j|, then an MLP; symmetric
+  by construction), `convbert` (ConvBERT layer(s) over residues first).
 
 This file travels to the Hub as remote code next to modeling_fastankh.py: it imports only torch.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -21,6 +25,7 @@ from torch import nn
 
 RESIDUE_HEADS = ("linear", "mlp", "convbert")
 SEQUENCE_HEADS = ("mean", "max", "attention", "convbert")
+PAIR_HEADS = ("mlp", "convbert")
 POOLINGS = ("mean", "max", "attention")
 
 
@@ -171,12 +176,81 @@ class SequenceHead(nn.Module):
         return self.mlp(self.pool(hidden, residue_mask))
 
 
+def separation_bucket(separation: torch.Tensor, num_buckets: int, max_distance: int = 512) -> torch.Tensor:
+    """|i - j| -> bucket id: one bucket per separation below num_buckets / 2, then log-spaced up to
+    max_distance (T5's scheme, unsigned); farther pairs share the last bucket."""
+    exact = num_buckets // 2
+    scaled = torch.log(separation.float().clamp(min=exact) / exact) / math.log(max_distance / exact)
+    far = (exact + (scaled * (num_buckets - exact)).long()).clamp(max=num_buckets - 1)
+    return torch.where(separation < exact, separation, far)
+
+
+class PairHead(nn.Module):
+    """One logit per residue pair: (B, T, D) -> (B, T, T), symmetric in (i, j).
+
+    Optional ConvBERT layer(s) over residues (FFN width D/2); each residue projected to a = W h (hidden_dim,
+    default min(D/2, 128), zero at non-residues); pair features [a_i * a_j ; |a_i - a_j|] -> Linear, plus a
+    learned embedding of the bucketed separation |i - j| (`separation_buckets`, 0 = none: contact odds fall
+    with separation); GELU; Linear -> 1. Dropout acts on the residues, before the projection. Rows of the map
+    are computed `chunk_size` at a time, so no (T, T, hidden) tensor of the whole map exists at once (peak
+    O(B x chunk_size x T x hidden_dim)); every pair's value is the same whatever the chunk size. Padding,
+    [NLU] and </s> never reach a residue pair.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        num_outputs: int = 1,
+        hidden_dim: int | None = None,
+        dropout: float = 0.1,
+        convbert_layers: int = 0,
+        num_heads: int = 4,
+        kernel_size: int = 7,
+        separation_buckets: int = 32,
+        chunk_size: int = 64,
+    ):
+        super().__init__()
+        if num_outputs != 1:
+            raise ValueError(f"pair heads predict one logit per residue pair (contact), not {num_outputs}")
+        if separation_buckets == 1 or separation_buckets < 0:
+            raise ValueError(f"separation_buckets must be 0 (none) or at least 2, got {separation_buckets}")
+        hidden_dim = hidden_dim or min(d_model // 2, 128)
+        self.layers = nn.ModuleList(
+            ConvBertLayer(d_model, d_model // 2, num_heads, kernel_size, dropout) for _ in range(convbert_layers)
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.project = nn.Linear(d_model, hidden_dim)
+        self.pair = nn.Linear(2 * hidden_dim, hidden_dim)
+        self.separation = nn.Embedding(separation_buckets, hidden_dim) if separation_buckets else None
+        self.out = nn.Linear(hidden_dim, 1)
+        self.chunk_size = chunk_size  # rows per step: memory only, never the values
+
+    def forward(self, hidden: torch.Tensor, residue_mask: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            hidden = layer(hidden, residue_mask)
+        a = self.project(self.dropout(hidden)) * residue_mask.unsqueeze(-1).to(hidden.dtype)
+        width = a.shape[1]
+        rows = [self._rows(a, start, min(start + self.chunk_size, width)) for start in range(0, width, self.chunk_size)]
+        return torch.cat(rows, dim=1)
+
+    def _rows(self, a: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Logits of rows start..stop-1 against every column: (B, stop - start, T)."""
+        left, right = a[:, start:stop, None], a[:, None]
+        h = self.pair(torch.cat([left * right, (left - right).abs()], dim=-1))
+        if self.separation is not None:
+            positions = torch.arange(a.shape[1], device=a.device)
+            separation = (positions[start:stop, None] - positions[None, :]).abs()
+            h = h + self.separation(separation_bucket(separation, self.separation.num_embeddings))
+        return self.out(nn.functional.gelu(h)).squeeze(-1)  # no dropout here: a mask per pair costs a map
+
+
 def build_head(kind_level: str, name: str, d_model: int, num_outputs: int, **kwargs: Any) -> nn.Module:
     """Build a head by name, so an exported model can rebuild it from its config.
 
-    kind_level: "residue" (names linear, mlp, convbert) or "sequence" (names mean, max, attention:
-    the pooling; convbert: ConvBERT + pooling, max unless `pooling=` is given). kwargs go to the head
-    class (hidden_dim, dropout, num_heads, kernel_size, num_layers).
+    kind_level: "residue" (names linear, mlp, convbert), "sequence" (names mean, max, attention:
+    the pooling; convbert: ConvBERT + pooling, max unless `pooling=` is given) or "pair" (mlp; convbert:
+    ConvBERT layer(s) first). kwargs go to the head class (hidden_dim, dropout, num_heads, kernel_size,
+    num_layers; pair heads also separation_buckets, chunk_size).
     """
     if kind_level == "residue":
         classes = {"linear": LinearResidueHead, "mlp": MLPResidueHead, "convbert": ConvBertResidueHead}
@@ -192,8 +266,13 @@ def build_head(kind_level: str, name: str, d_model: int, num_outputs: int, **kwa
         else:
             kwargs["pooling"] = name
         cls = SequenceHead
+    elif kind_level == "pair":
+        if name not in PAIR_HEADS:
+            raise ValueError(f"unknown pair head {name!r}; choose one of {PAIR_HEADS}")
+        kwargs["convbert_layers"] = kwargs.pop("num_layers", 1) if name == "convbert" else 0
+        cls = PairHead
     else:
-        raise ValueError(f"kind_level must be 'residue' or 'sequence', got {kind_level!r}")
+        raise ValueError(f"kind_level must be 'residue', 'sequence' or 'pair', got {kind_level!r}")
     try:
         return cls(d_model, num_outputs, **kwargs)
     except TypeError as err:  # an option the head does not have: name it instead of a bare TypeError
@@ -203,11 +282,14 @@ def build_head(kind_level: str, name: str, d_model: int, num_outputs: int, **kwa
 __all__ = [
     "RESIDUE_HEADS",
     "SEQUENCE_HEADS",
+    "PAIR_HEADS",
     "LinearResidueHead",
     "MLPResidueHead",
     "ConvBertLayer",
     "ConvBertResidueHead",
     "MaskedPooling",
     "SequenceHead",
+    "PairHead",
+    "separation_bucket",
     "build_head",
 ]

@@ -1,15 +1,19 @@
-"""FastANKH task models: the encoder plus a per-residue or per-sequence head, as plain transformers models.
+"""FastANKH task models: the encoder plus a per-residue, per-sequence or per-pair head, as plain transformers models.
 
-`FastAnkhForTokenClassification` (one prediction per residue) and `FastAnkhForSequenceClassification`
-(one per sequence) hold `model` (a `FastAnkhModel`) and `head` (built by `heads.build_head` from config
-fields), so `AutoModelFor*Classification.from_pretrained(dir, trust_remote_code=True)` rebuilds a
-fine-tuned model with nothing but torch and transformers.
+`FastAnkhForTokenClassification` (one prediction per residue), `FastAnkhForSequenceClassification` (one per
+sequence) and `FastAnkhForContactPrediction` (one contact logit per residue pair) hold `model` (a
+`FastAnkhModel`) and `head` (built by `heads.build_head` from config fields), so
+`AutoModelFor{Token,Sequence}Classification.from_pretrained(dir, trust_remote_code=True)` rebuilds a
+fine-tuned model with nothing but torch and transformers (the contact model is served under
+AutoModelForTokenClassification: transformers has no contact Auto class).
 
 Config fields read here (besides the encoder's):
 - `id2label` / `label2id` / `num_labels`; `problem_type`: "single_label_classification",
-  "multi_label_classification" (sequence models) or "regression" (num_labels = 1);
-- `head_name` (residue heads: linear, mlp, convbert; sequence heads: mean, max, attention, convbert)
-  and `head_kwargs` (hidden_dim, dropout, num_heads, kernel_size, num_layers, pooling);
+  "multi_label_classification" (sequence models), "regression" (num_labels = 1) or "contact_prediction"
+  (the contact model, num_labels = 1);
+- `head_name` (residue heads: linear, mlp, convbert; sequence heads: mean, max, attention, convbert; pair
+  heads: mlp, convbert) and `head_kwargs` (hidden_dim, dropout, num_heads, kernel_size, num_layers, pooling,
+  separation_buckets, chunk_size);
 - `non_residue_token_ids`: token ids that are not residues ([NLU], </s>, <pad>); heads read residues only.
 
 The loss of each problem type is `loss` of the model class; `forward(labels=...)` returns it, and a
@@ -21,20 +25,25 @@ This file travels to the Hub as remote code: it imports only torch, transformers
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassifierOutput
+from transformers.utils import ModelOutput
 
 from .configuration_fastankh import FastAnkhConfig
 from .heads import build_head
 from .modeling_fastankh import FastAnkhModel, FastAnkhPreTrainedModel, _checkpoint_model_type, counted_loss
 
-PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification", "contact_prediction")
+DEFAULT_HEADS = {"residue": "linear", "sequence": "mean", "pair": "mlp"}
+# Pairs closer in sequence than this are trivially near in space: no loss, no metric, no prediction (the field's rule).
+MIN_CONTACT_SEPARATION = 6
 
 
 class _FastAnkhTaskModel(FastAnkhPreTrainedModel):
-    """Encoder `model` + task `head`; `head_level` ("residue" | "sequence") is set by the subclass."""
+    """Encoder `model` + task `head`; `head_level` ("residue" | "sequence" | "pair") is set by the subclass."""
 
     head_level: str
 
@@ -45,7 +54,7 @@ class _FastAnkhTaskModel(FastAnkhPreTrainedModel):
         self.model = FastAnkhModel(config)
         self.head = build_head(
             self.head_level,
-            getattr(config, "head_name", None) or ("linear" if self.head_level == "residue" else "mean"),
+            getattr(config, "head_name", None) or DEFAULT_HEADS[self.head_level],
             config.d_model,
             config.num_labels,
             **(getattr(config, "head_kwargs", None) or {}),
@@ -92,7 +101,7 @@ class _FastAnkhTaskModel(FastAnkhPreTrainedModel):
         return "single_label_classification" if integral else "multi_label_classification"
 
     def head_logits(self, hidden: torch.Tensor, residue_mask: torch.Tensor) -> torch.Tensor:
-        """The head on encoder output (B, T, D): (B, T, num_labels) or (B, num_labels)."""
+        """The head on encoder output (B, T, D): (B, T, num_labels), (B, num_labels) or pair logits (B, T, T)."""
         return self.head(hidden, residue_mask)
 
     def _logits(
@@ -188,4 +197,74 @@ class FastAnkhForSequenceClassification(_FastAnkhTaskModel):
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
 
 
-__all__ = ["FastAnkhForTokenClassification", "FastAnkhForSequenceClassification", "PROBLEM_TYPES"]
+def counted_pairs(
+    labels: torch.Tensor,
+    label_mask: torch.Tensor | None = None,
+    residue_mask: torch.Tensor | None = None,
+    min_separation: int = MIN_CONTACT_SEPARATION,
+) -> torch.Tensor:
+    """(B, T, T) bool: the pairs a contact loss or metric counts, each once (i < j, j - i >= min_separation),
+    where the label is 0 or 1 (negative = ignored) and both residues count in `label_mask` / `residue_mask`."""
+    counted = labels >= 0
+    for mask in (label_mask, residue_mask):
+        if mask is not None:
+            counted = counted & mask[:, :, None] & mask[:, None, :]
+    positions = torch.arange(labels.shape[-1], device=labels.device)
+    return counted & (positions[None, :] - positions[:, None] >= min_separation)
+
+
+@dataclass
+class ContactPredictionOutput(ModelOutput):
+    """loss: mean BCE over counted pairs; logits: (B, T, T) contact logits (symmetric, sigmoid = probability)."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+
+
+class FastAnkhForContactPrediction(_FastAnkhTaskModel):
+    """One contact logit per residue pair: logits (B, T, T) in token coordinates (residue k of a sequence is
+    token prefix + k), meaningful where both tokens are residues. The pair head computes the map in row chunks
+    (`head.chunk_size` rows at a time: a memory knob, the values do not depend on it)."""
+
+    head_level = "pair"
+
+    def loss(
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        label_mask: torch.Tensor | None = None,
+        residue_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Mean binary cross-entropy over the pairs `counted_pairs` keeps: labels (B, T, T) 1 contact, 0 none,
+        negative (e.g. -100) ignored; label_mask (B, T) bool False at residues whose pairs never count (e.g.
+        without coordinates); pairs closer than MIN_CONTACT_SEPARATION in sequence never count."""
+        counted = counted_pairs(labels, label_mask, residue_mask)
+        return counted_loss(logits, labels, counted, "multi_label_classification")
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        residue_mask: torch.Tensor | None = None,
+        label_mask: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> ContactPredictionOutput:
+        """input_ids / attention_mask: (B, T); labels: (B, T, T) 0/1 contacts (see `loss`)."""
+        logits, out, residue_mask = self._logits(input_ids, attention_mask, residue_mask, output_hidden_states)
+        loss = None if labels is None else self.loss(logits, labels, label_mask, residue_mask)
+        return ContactPredictionOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
+
+
+__all__ = [
+    "FastAnkhForTokenClassification",
+    "FastAnkhForSequenceClassification",
+    "FastAnkhForContactPrediction",
+    "ContactPredictionOutput",
+    "counted_pairs",
+    "MIN_CONTACT_SEPARATION",
+    "PROBLEM_TYPES",
+]

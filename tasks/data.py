@@ -151,7 +151,7 @@ class TaskDataModule(L.LightningDataModule):
         self.splits = splits
 
     # ---------------------------------------------------------------- loaders
-    def _collator(self) -> Collator:
+    def _collator(self, crop_length: int | None = None) -> Collator:
         tok = self.tokenizer
         mask_id, residue_ids = None, []
         if self.task.kind == "masked_lm":
@@ -159,19 +159,24 @@ class TaskDataModule(L.LightningDataModule):
             if mask_id is None or mask_id == tok.unk_token_id:
                 raise ValueError(f"masked_lm needs the tokenizer's {MASK_TOKEN} token; this tokenizer has none")
             residue_ids = tok.convert_tokens_to_ids(list(STANDARD_RESIDUES))
-        return Collator(self.task, self.prefix, tok.pad_token_id, mask_id, residue_ids, self.seed)
+        return Collator(self.task, self.prefix, tok.pad_token_id, mask_id, residue_ids, self.seed, crop_length)
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         if not self.splits:
             raise RuntimeError("call setup() before asking for dataloaders")
         dataset = self.splits[name]
-        collate = self._collator()
+        # Only training crops (task.data.crop_length): evaluation runs whole chains.
+        crop = self.task.data.crop_length if shuffle else None
+        collate = self._collator(crop)
         sampler = SeededSampler(len(dataset), shuffle=shuffle, seed=self.seed)
-        # Training masks (masked_lm) follow the epoch; evaluation masks stay at epoch 0 so validation
-        # numbers are comparable across epochs.
-        tag_epoch = shuffle and self.task.kind == "masked_lm"
+        # Training masks (masked_lm) and crop windows follow the epoch; evaluation masks stay at epoch 0 so
+        # validation numbers are comparable across epochs.
+        tag_epoch = shuffle and (self.task.kind == "masked_lm" or crop is not None)
+        lengths = dataset["length"][:]
+        if crop is not None:  # batches are planned on the cropped token counts
+            lengths = [min(n, crop + self.prefix + 1) for n in lengths]
         batch_sampler = BucketBatchSampler(
-            sampler, dataset["length"][:], self.batch_size, max_tokens=self.max_tokens, tag_epoch=tag_epoch
+            sampler, lengths, self.batch_size, max_tokens=self.max_tokens, tag_epoch=tag_epoch
         )
         if tag_epoch:
             dataset = EpochTaggedDataset(dataset)

@@ -1,4 +1,5 @@
-"""Batching: length-bucketed batch sampler (fixed size or token budget), padding collate, MLM corruption.
+"""Batching: length-bucketed batch sampler (fixed size or token budget), padding collate, MLM corruption,
+training crops (`task.data.crop_length`: a random window of each longer chain, drawn per (seed, epoch, sample)).
 
 Order is a pure function of (seed, epoch): Lightning calls `set_epoch` on `batch_sampler.sampler` before
 every epoch, so a resumed run sees the same batches as an uninterrupted one. Under DDP Lightning swaps that
@@ -8,8 +9,8 @@ training every rank gets the same number of batches even with a token budget (th
 in evaluation each batch goes to exactly one rank, so no chain is counted twice.
 Batches are planned lazily, on the first `next()`: Lightning may create the loader's iterator before it
 calls `set_epoch` (it does when resuming). With `tag_epoch`, each index is yielded as (index, epoch) and
-`EpochTaggedDataset` hands the epoch to the collator inside the sample, so masked-LM masks follow the epoch
-even in DataLoader workers, which are started before the epoch is known.
+`EpochTaggedDataset` hands the epoch to the collator inside the sample, so masked-LM masks and crop windows
+follow the epoch even in DataLoader workers, which are started before the epoch is known.
 """
 
 from __future__ import annotations
@@ -156,6 +157,8 @@ class Collator:
     tasks/data_encoding.py). Residue i of a sample sits at token `prefix + i`.
     For masked_lm, `mask_token_id` and `residue_token_ids` set up `mask_tokens`, whose draw follows the
     samples' `epoch` (absent = 0 for evaluation, so validation masks never change).
+    With `crop_length` (the training loader's collator only), each longer sample is first cut to a window
+    (`crop`); pair labels become the (B, T, T) int8 contact map of tasks/spec.py.
     """
 
     def __init__(
@@ -166,12 +169,34 @@ class Collator:
         mask_token_id: int | None = None,
         residue_token_ids: Sequence[int] = (),
         seed: int = 0,
+        crop_length: int | None = None,
     ):
         self.task, self.prefix, self.pad = task, prefix, pad_token_id
         self.mask_token_id, self.residue_token_ids = mask_token_id, list(residue_token_ids)
-        self.seed = seed
+        self.seed, self.crop_length = seed, crop_length
+
+    def crop(self, sample: dict[str, Any]) -> dict[str, Any]:
+        """The sample cut to a window of `crop_length` residues (prefix and </s> kept; labels, label_mask and
+        pairs follow, pairs shifted to the window), its start drawn from (seed, epoch, index); shorter
+        samples are returned as they are."""
+        ids, prefix = sample["input_ids"], self.prefix
+        n = len(ids) - prefix - 1
+        if self.crop_length is None or n <= self.crop_length:
+            return sample
+        rng = np.random.default_rng([self.seed, sample.get("epoch", 0), sample["index"], 1])
+        start = int(rng.integers(0, n - self.crop_length + 1))
+        stop = start + self.crop_length
+        out = dict(sample, input_ids=ids[:prefix] + ids[prefix + start : prefix + stop] + ids[-1:])
+        out["label_mask"] = sample["label_mask"][start:stop]
+        if self.task.pair_level:
+            out["labels"] = [[i - start, j - start] for i, j in sample["labels"] if start <= i and j < stop]
+        else:
+            out["labels"] = sample["labels"][start:stop]
+        return out
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        if self.crop_length is not None:
+            samples = [self.crop(s) for s in samples]
         kind, b = self.task.kind, len(samples)
         width = max(len(s["input_ids"]) for s in samples)
         input_ids = torch.full((b, width), self.pad, dtype=torch.long)
@@ -201,10 +226,29 @@ class Collator:
                 labels[r, self.prefix : self.prefix + n] = torch.tensor(s["labels"], dtype=dtype)
                 label_mask[r, self.prefix : self.prefix + n] = torch.tensor(s["label_mask"])
             batch["labels"], batch["label_mask"] = labels, label_mask
+        elif self.task.pair_level:
+            batch["labels"], batch["label_mask"] = self.contact_maps(samples, width)
         else:
             dtype = torch.long if kind == "sequence_classification" else torch.float32
             batch["labels"] = torch.tensor([s["labels"] for s in samples], dtype=dtype)
         return batch
+
+    def contact_maps(self, samples: list[dict[str, Any]], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(labels (B, T, T) int8: 1 at both (i, j) and (j, i) of every contact, 0 at other pairs of counted
+        residues, IGNORE_INDEX elsewhere; label_mask (B, T) bool), in token coordinates."""
+        labels = torch.full((len(samples), width, width), IGNORE_INDEX, dtype=torch.int8)
+        label_mask = torch.zeros(len(samples), width, dtype=torch.bool)
+        p = self.prefix
+        for r, s in enumerate(samples):
+            valid = torch.tensor(s["label_mask"], dtype=torch.bool)
+            n = len(valid)
+            block = torch.zeros(n, n, dtype=torch.int8)
+            pairs = torch.tensor(s["labels"], dtype=torch.long).reshape(-1, 2)
+            block[pairs[:, 0], pairs[:, 1]] = 1
+            block[pairs[:, 1], pairs[:, 0]] = 1
+            labels[r, p : p + n, p : p + n] = block.masked_fill(~(valid[:, None] & valid), IGNORE_INDEX)
+            label_mask[r, p : p + n] = valid
+        return labels, label_mask
 
     def mask_tokens(
         self, input_ids: torch.Tensor, residue_mask: torch.Tensor, draws: list[tuple[int, int]]

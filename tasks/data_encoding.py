@@ -5,7 +5,9 @@
 Encoded labels per kind (one entry per record):
   residue_classification  list[int]   class index per residue, IGNORE_INDEX where masked
   residue_regression      list[float] value per residue, 0.0 where masked
-  (residue kinds also get `label_mask`: list[bool], True where the residue's label counts)
+  residue_pair_classification list[list[int]] contacting pairs [i, j], 0-based, i < j, both residues counted
+                          (the cell: space-separated `i-j` pairs; empty = no contact)
+  (residue and pair kinds also get `label_mask`: list[bool], True where the residue's label counts)
   sequence_classification int; sequence_multilabel list[float] (multi-hot, len(labels));
   sequence_regression float; masked_lm: no labels (they are drawn when batching).
 """
@@ -72,7 +74,7 @@ def _required_columns(task: TaskSpec) -> dict[str, str]:
     columns = {d.sequence_column: "sequence_column"}
     if task.kind != "masked_lm":
         columns[d.label_column] = "label_column"
-    if task.residue_level and d.mask_column:
+    if (task.residue_level or task.pair_level) and d.mask_column:
         columns[d.mask_column] = "mask_column"
     return columns
 
@@ -110,6 +112,30 @@ def _residue_labels(task: TaskSpec, cell: Any, counts: list[bool], say) -> list 
     return [index[t] if counted else IGNORE_INDEX for t, counted in zip(texts, counts)]
 
 
+def _pair_labels(task: TaskSpec, cell: Any, counts: list[bool], say) -> list[list[int]] | None:
+    """Contacting pairs of one row as sorted [i, j] (i < j) whose residues both count, or None after reporting
+    a problem. Pairs are `i-j`, 0-based, in either order, separated by whitespace (or task.data.label_separator)."""
+    column, n = task.data.label_column, len(counts)
+    text = "" if _is_missing(cell) else str(cell)
+    tokens = text.split(task.data.label_separator) if task.data.label_separator else text.split()
+    pairs = set()
+    for token in filter(None, (t.strip() for t in tokens)):
+        parts = [p.strip() for p in token.split("-")]
+        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+            say(f"malformed pair {token!r} in column '{column}' (expected i-j, two 0-based residue positions)")
+            return None
+        i, j = sorted(int(p) for p in parts)
+        if i == j:
+            say(f"pair {token!r} in column '{column}' pairs residue {i} with itself")
+            return None
+        if j >= n:
+            say(f"pair {token!r} in column '{column}': position {j} is out of range for {n} residues (0-based)")
+            return None
+        if counts[i] and counts[j]:  # a pair with a masked residue never counts: dropped here
+            pairs.add((i, j))
+    return [list(p) for p in sorted(pairs)]
+
+
 def _sequence_label(task: TaskSpec, cell: Any, say) -> Any:
     """One row's encoded sequence-level label, or None after reporting a problem."""
     column = task.data.label_column
@@ -145,10 +171,11 @@ def encode(table: Table, task: TaskSpec) -> dict[str, list]:
     `label_mask`); raises DataError naming every bad row. Sequences are cleaned by
     fastankh.records.clean_sequence (whitespace dropped, uppercased, one terminal '*' dropped, letters
     outside the 20 standard residues and X B O U Z refused); with `task.data.truncate` longer ones (and
-    their per-residue labels) are cut to `task.data.max_length`."""
+    their per-residue labels and pairs) are cut to `task.data.max_length`."""
     d, frame = task.data, table.frame
     problems = _Problems(table.source)
-    if task.residue_level and d.mask_column and d.mask_value is None:
+    per_residue = task.residue_level or task.pair_level  # labels and mask follow the residues
+    if per_residue and d.mask_column and d.mask_value is None:
         raise DataError(f"task {task.name}: task.data.mask_column is set but task.data.mask_value is not")
     required = _required_columns(task)
     missing = [f"'{c}' (task.data.{key})" for c, key in required.items() if c not in frame.columns]
@@ -164,7 +191,7 @@ def encode(table: Table, task: TaskSpec) -> dict[str, list]:
     out: dict[str, list] = {"id": [], "row": [], "sequence": []}
     if task.kind != "masked_lm":
         out["labels"] = []
-    if task.residue_level:
+    if per_residue:
         out["label_mask"] = []
     for i, row in enumerate(frame[ROW].tolist()):
         record_id = None if _is_missing(ids[i]) else _text(ids[i])
@@ -188,10 +215,10 @@ def encode(table: Table, task: TaskSpec) -> dict[str, list]:
 
         if task.kind != "masked_lm":
             cell = cells[d.label_column][i]
-            if _is_missing(cell):
+            if _is_missing(cell) and not task.pair_level:  # pair kind: an empty cell is a chain without contacts
                 say(f"missing label (column '{d.label_column}')")
                 continue
-            if task.residue_level:
+            if per_residue:
                 counts = [True] * n
                 if d.mask_column:
                     mask_cell = cells[d.mask_column][i]
@@ -200,10 +227,11 @@ def encode(table: Table, task: TaskSpec) -> dict[str, list]:
                         say(f"mask length {len(marks)} != sequence length {n} (column '{d.mask_column}')")
                         continue
                     counts = [not _is_mask_value(m, d.mask_value) for m in marks]
-                labels = _residue_labels(task, cell, counts, say)
+                encoder = _pair_labels if task.pair_level else _residue_labels
+                labels = encoder(task, cell, counts, say)
                 if labels is None:
                     continue
-                out["labels"].append(labels[:keep])
+                out["labels"].append([p for p in labels if p[1] < keep] if task.pair_level else labels[:keep])
                 out["label_mask"].append(counts[:keep])
             else:
                 label = _sequence_label(task, cell, say)

@@ -5,7 +5,8 @@
 
 What is saved is the module's own task model (`FineTuneModule.model`, the class tasks/kinds.py names),
 config.json as it trained. Two layouts:
-- merged (default): `FastAnkhFor{Token,Sequence}Classification` with LoRA (if any) merged into the encoder
+- merged (default): `FastAnkhFor{Token,Sequence}Classification` / `FastAnkhForContactPrediction` (served
+  under AutoModelForTokenClassification) with LoRA (if any) merged into the encoder
   (`merge_and_unload`); `AutoModelFor*Classification.from_pretrained(dir, trust_remote_code=True)` needs
   only transformers, and `AutoModel.from_pretrained(dir, trust_remote_code=True)` gives the fine-tuned encoder.
 - adapter-only (`merge_lora=False`, LoRA runs): the peft model as trained (LoRA on the encoder + the trained
@@ -97,7 +98,8 @@ def _probe_batch(tokenizer: PreTrainedTokenizerBase) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def check_same_predictions(run: Run, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> float:
-    """Max |exported - Lightning| logit on the probe batch at residue tokens (residue tasks) or rows; the
+    """Max |exported - Lightning| logit on the probe batch at residue tokens (residue tasks), residue pairs
+    (pair tasks) or rows; the
     exported model finds residues from ids alone (config.non_residue_token_ids), the module gets the data
     module's residue_mask. Raises if the difference exceeds PROBE_TOLERANCE relative to the largest logit."""
     batch = _probe_batch(tokenizer)
@@ -107,6 +109,9 @@ def check_same_predictions(run: Run, model: torch.nn.Module, tokenizer: PreTrain
         got = got.squeeze(-1)
     if run.task.residue_level:
         expected, got = expected[batch["residue_mask"]], got[batch["residue_mask"]]
+    elif run.task.pair_level:
+        pairs = batch["residue_mask"][:, :, None] & batch["residue_mask"][:, None, :]
+        expected, got = expected[pairs], got[pairs]
     diff = (got - expected).abs().max().item()
     if diff > PROBE_TOLERANCE * max(1.0, expected.abs().max().item()):
         raise RuntimeError(f"exported model differs from the checkpoint by {diff:.3g} on the probe sequences")

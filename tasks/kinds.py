@@ -23,7 +23,9 @@ class Kind:
     name: str
     model_class_name: str  # a class exported by fastankh
     problem_type: str | None  # config.problem_type of the model (None: masked_lm)
-    level: str  # "residue" | "sequence" | "token" (masked_lm: every token, the vocabulary head)
+    level: (
+        str  # "residue" | "sequence" | "pair" (residue pairs) | "token" (masked_lm: every token, the vocabulary head)
+    )
     default_head: str | None  # head=auto; None: the model's own head (masked_lm's lm_head)
     metrics: tuple[str, ...]  # every metric the kind offers
     # reported when a task lists none; "accuracy" of residue_classification reads q3 / q8 by class count
@@ -43,6 +45,8 @@ class Kind:
 
 _REGRESSION_METRICS = ("spearman", "pearson", "r2", "rmse")
 _CLASS_METRICS = ("accuracy", "mcc", "f1", "auroc")
+# precision of the top L/5, L/2, L predicted pairs (L = residues) per separation range, per protein, averaged
+_CONTACT_METRICS = tuple(f"{r}_p_at_{k}" for r in ("long", "medium", "short") for k in ("l5", "l2", "l"))
 TASK_KINDS: dict[str, Kind] = {
     k.name: k
     for k in (
@@ -90,6 +94,16 @@ TASK_KINDS: dict[str, Kind] = {
             "mean",
             _REGRESSION_METRICS,
             _REGRESSION_METRICS,
+        ),
+        # contact maps: labels are the contacting residue pairs of each sequence (tasks/data_encoding.py)
+        Kind(
+            "residue_pair_classification",
+            "FastAnkhForContactPrediction",
+            "contact_prediction",
+            "pair",
+            "mlp",
+            _CONTACT_METRICS,
+            _CONTACT_METRICS[:6],  # long and medium range, as the field reports contacts
         ),
         # BERT-style masking of the user's sequences; labels = original ids at masked tokens
         Kind(

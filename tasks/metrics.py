@@ -9,6 +9,10 @@ Stable names, by task kind (logged as val/<name> and test/<split>/<name>):
 - sequence_multilabel: f1, auroc (macro over labels).
 - residue_regression / sequence_regression: spearman, pearson, r2, rmse.
 - masked_lm: masked_accuracy (over masked tokens), perplexity (exp of mean masked-token CE).
+- residue_pair_classification: <range>_p_at_<k> = precision of the top L/5 (l5), L/2 (l2) or L (l) pairs of
+  a protein ranked by predicted contact probability, among its counted pairs in the separation range (long
+  |i-j| >= 24, medium 12-23, short 6-11; L = its residues; fewer candidates than that: all of them), then
+  averaged over proteins that have candidates in the range, as CASP and the PLM papers report contacts.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from torchmetrics import classification as tmc
 from torchmetrics import regression as tmr
 from torchmetrics.text import Perplexity
 
+from fastankh.modeling_tasks import counted_pairs
 from tasks.kinds import TASK_KINDS
 
 KIND_METRICS = {name: kind.metrics for name, kind in TASK_KINDS.items()}
@@ -59,6 +64,48 @@ class PerProteinAccuracy(Metric):
 
     def compute(self) -> torch.Tensor:
         return (self.total / self.proteins).float()
+
+
+SEPARATION_RANGES = {"short": (6, 11), "medium": (12, 23), "long": (24, float("inf"))}  # |i - j|, inclusive
+TOP_FRACTIONS = {"l5": 5, "l2": 2, "l": 1}  # top L / k pairs
+
+
+class ContactPrecision(Metric):
+    """Per-protein precision of the top-ranked pairs, averaged over proteins; one value per metric name
+    (`<range>_p_at_<k>`, see the module docstring)."""
+
+    full_state_update = False
+
+    def __init__(self, names: Sequence[str]) -> None:
+        super().__init__()
+        self.names = list(names)
+        self.add_state("total", torch.zeros(len(self.names), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("proteins", torch.zeros(len(self.names), dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor, counted: torch.Tensor, lengths: torch.Tensor) -> None:
+        """logits, labels: (B, T, T) (1 = contact); counted: (B, T, T) bool, the pairs that count (i < j);
+        lengths: (B,) residues per protein."""
+        positions = torch.arange(logits.shape[-1], device=logits.device)
+        separation = positions[None, :] - positions[:, None]
+        for b in range(logits.shape[0]):
+            ranked = {}  # range -> contact flags of its candidate pairs, best-scored first
+            for m, name in enumerate(self.names):
+                span, fraction = name.split("_p_at_")
+                if span not in ranked:
+                    low, high = SEPARATION_RANGES[span]
+                    chosen = counted[b] & (separation >= low) & (separation <= high)
+                    order = torch.argsort(logits[b][chosen].float(), descending=True, stable=True)
+                    ranked[span] = (labels[b][chosen] == 1)[order]
+                hits = ranked[span]
+                if not len(hits):
+                    continue
+                top = max(1, int(lengths[b]) // TOP_FRACTIONS[fraction])
+                self.total[m] += hits[:top].double().mean()
+                self.proteins[m] += 1
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        values = (self.total / self.proteins.clamp(min=1)).float()
+        return {name: values[m] for m, name in enumerate(self.names)}
 
 
 class FlatPerplexity(Perplexity):
@@ -112,7 +159,9 @@ class TaskMetrics(nn.Module):
                 raise ValueError(f"metric {name!r} needs {ACCURACY_NAMES[name]} classes, the task has {num_classes}")
         self.kind, self.num_classes = kind, num_classes
         self.per_protein = PerProteinAccuracy() if "per_protein_accuracy" in names else None
-        flat = [n for n in names if n != "per_protein_accuracy"]
+        # pair metrics rank each protein's pairs: one metric object over the whole map, no flat inputs
+        self.contacts = ContactPrecision(names) if TASK_KINDS[kind].level == "pair" else None
+        flat = [] if self.contacts is not None else [n for n in names if n != "per_protein_accuracy"]
         self.flat = MetricCollection({n: _metric(kind, n, num_classes) for n in flat})
 
     def _flat_inputs(self, logits: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,6 +181,11 @@ class TaskMetrics(nn.Module):
 
     @torch.no_grad()
     def update(self, logits: torch.Tensor, batch: dict) -> None:
+        if self.contacts is not None:
+            labels, residues = batch["labels"], batch["residue_mask"]
+            counted = counted_pairs(labels, batch["label_mask"], residues)
+            self.contacts.update(logits.detach(), labels, counted, residues.sum(dim=1))
+            return
         preds, target = self._flat_inputs(logits.detach(), batch)
         if preds.numel():
             self.flat.update(preds, target)
@@ -139,12 +193,16 @@ class TaskMetrics(nn.Module):
             self.per_protein.update(logits.argmax(-1), batch["labels"], batch["label_mask"])
 
     def compute(self) -> dict[str, torch.Tensor]:
+        if self.contacts is not None:
+            return self.contacts.compute()
         out = dict(self.flat.compute())
         if self.per_protein is not None:
             out["per_protein_accuracy"] = self.per_protein.compute()
         return out
 
     def reset(self) -> None:
+        if self.contacts is not None:
+            self.contacts.reset()
         self.flat.reset()
         if self.per_protein is not None:
             self.per_protein.reset()

@@ -13,6 +13,7 @@ from huggingface_hub import EvalResult, ModelCardData
 
 from fastankh import FastAnkhConfig
 from fastankh.configuration_fastankh import PRESETS
+from tasks.kinds import TASK_KINDS
 
 if TYPE_CHECKING:
     from tasks.hub_export import Run
@@ -96,9 +97,11 @@ def card_metadata(
     """The Hub front matter: licence (ANKH weights: cc-by-nc-sa-4.0), base_model (hub id), pipeline_tag,
     datasets (the task's hub dataset), tags, and a model-index entry per test split (its finite metrics)."""
     pipeline_tag = "token-classification" if residue_level else "text-classification"
+    if kind == "residue_pair_classification":  # no transformers pipeline serves a pair map
+        pipeline_tag = None
     results = [
         EvalResult(
-            task_type=pipeline_tag,
+            task_type=pipeline_tag or "contact-prediction",
             task_name=task_name,
             dataset_type=dataset or task_name,
             dataset_name=split,
@@ -125,7 +128,9 @@ def card_metadata(
 
 def model_card(run: Run, config: FastAnkhConfig, base_model: str | None, adapter: bool, repo: str) -> str:
     """README.md: front matter, task and labels, test metrics per split, usage, training config, citation."""
-    task, auto_class = run.task, f"AutoModelFor{'Token' if run.task.residue_level else 'Sequence'}Classification"
+    task = run.task
+    # the contact model is served under the token Auto class (transformers has none for pairs)
+    auto_class = f"AutoModelFor{'Sequence' if TASK_KINDS[task.kind].level == 'sequence' else 'Token'}Classification"
     preset = ((run.config or {}).get("model") or {}).get("preset") or getattr(config, "preset", None)
     front = card_metadata(
         task.name,
@@ -145,6 +150,8 @@ def model_card(run: Run, config: FastAnkhConfig, base_model: str | None, adapter
         "sequence_classification": "one class per sequence, logits (B, C)",
         "sequence_multilabel": "independent sigmoid per label, logits (B, C)",
         "sequence_regression": "one value per sequence, logits (B, 1)",
+        "residue_pair_classification": "one contact logit per residue pair, logits (B, T, T), symmetric; "
+        "sigmoid gives the contact probability",
     }[task.kind]
     training = {k: v for k, v in (run.config or {}).items() if k not in ("paths", "hydra")}
     usage = (ADAPTER_USAGE if adapter else MERGED_USAGE).format(repo=repo, auto_class=auto_class)
@@ -154,6 +161,7 @@ def model_card(run: Run, config: FastAnkhConfig, base_model: str | None, adapter
         "sequence_classification": "the argmax label and its softmax score",
         "sequence_multilabel": "every label with its sigmoid score",
         "sequence_regression": "the predicted value as the score (no activation)",
+        "residue_pair_classification": "",  # no pipeline: the usage code shows the map
     }[task.kind]
     pipeline_usage = PIPELINE_USAGE.format(
         pipeline_tag=front.pipeline_tag,
@@ -177,7 +185,11 @@ def model_card(run: Run, config: FastAnkhConfig, base_model: str | None, adapter
         "Per-residue outputs are meaningful at residue tokens only (not `[NLU]`, `</s>` or padding). "
         "`trust_remote_code=True` on the tokenizer too: transformers reads the (custom) model config first "
         "and would otherwise ask whether to run its code.\n\n"
-        + ("" if adapter else "With a transformers pipeline:\n\n```python\n" + pipeline_usage + "\n```"),
+        + (
+            ""
+            if adapter or front.pipeline_tag is None
+            else "With a transformers pipeline:\n\n```python\n" + pipeline_usage + "\n```"
+        ),
         "## Training config\n\n```yaml\n"
         + (yaml.safe_dump(training, sort_keys=False) if training else "# not found\n")
         + "```",

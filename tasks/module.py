@@ -22,6 +22,7 @@ from torchmetrics import MeanMetric
 from transformers import PreTrainedModel, get_scheduler
 
 from fastankh import FastAnkhConfig, FastAnkhForMaskedLM, FastAnkhModel
+from fastankh.modeling_tasks import counted_pairs
 from tasks.finetune import apply_finetune
 from tasks.kinds import TASK_KINDS, head_choice, task_model_config
 from tasks.metrics import TaskMetrics
@@ -170,7 +171,8 @@ class FineTuneModule(L.LightningModule):
         return self.task_model.head_logits(hidden, batch["residue_mask"])
 
     def forward(self, batch: Mapping[str, Any]) -> torch.Tensor:
-        """Logits: residue kinds (B, T, C), sequence kinds (B, C), masked_lm (B, T, V); regression drops C."""
+        """Logits: residue kinds (B, T, C), sequence kinds (B, C), masked_lm (B, T, V), pair kind (B, T, T);
+        regression drops C."""
         logits = self._model_logits(batch)
         return logits.squeeze(-1) if self.task.regression else logits
 
@@ -184,6 +186,9 @@ class FineTuneModule(L.LightningModule):
         if self.kind.level == "residue":
             loss = self.task_model.loss(logits, labels, batch["label_mask"], batch["residue_mask"])
             return loss, int((batch["label_mask"] & batch["residue_mask"]).sum())
+        if self.kind.level == "pair":
+            loss = self.task_model.loss(logits, labels, batch["label_mask"], batch["residue_mask"])
+            return loss, int(counted_pairs(labels, batch["label_mask"], batch["residue_mask"]).sum())
         return self.task_model.loss(logits, labels), labels.shape[0]
 
     # ------------------------------------------------------------------ steps

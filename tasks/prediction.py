@@ -9,6 +9,10 @@ Output table, one row per valid input record, in input order:
 - sequence_classification: `prediction` = the label; `prob_<label>` = softmax probability.
 - sequence_multilabel: `prediction` = labels with sigmoid >= 0.5, comma separated; `prob_<label>` = sigmoid.
 - sequence_regression: `prediction` = the value.
+- residue_pair_classification: `prediction` = the top L pairs (L = residues) with j - i >= 6, best first, as
+  space-separated 0-based `i-j` (the training data's format); `prob_contact` = their contact probabilities,
+  space separated, in the same order. `contact_maps=FILE.npz` also saves every protein's full (L, L)
+  probability map (float32, keyed by record id).
 Records are read and cleaned by fastankh.records (the reader and sequence rule of training and embed:
 whitespace dropped, uppercased, one terminal '*' dropped). Invalid records (empty, letters outside the 20
 standard residues and X B O U Z, longer than max_length) are reported as `<file>: row <n> (id <id>): <problem>`
@@ -19,17 +23,20 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
+from transformers import AutoConfig
 
 from fastankh import load_tokenizer
 from fastankh.batching import length_batches
+from fastankh.modeling_tasks import MIN_CONTACT_SEPARATION
 from fastankh.precision import resolve_precision
 from fastankh.records import Record, RecordError
 from fastankh.records import read_records as _read_records
@@ -39,6 +46,7 @@ from tasks.kinds import TASK_KINDS, kind_of_model
 from tasks.outputs import atomic_path
 
 OUTPUT_SUFFIXES = (".csv", ".parquet")
+MAPS_SUFFIX = ".npz"
 ON_INVALID = ("skip", "error")
 
 
@@ -95,18 +103,16 @@ def load_task_model(name_or_path: str | os.PathLike, device: str | torch.device 
     name = os.fspath(name_or_path)
     config = AutoConfig.from_pretrained(name)
     kind = task_kind(config)
-    auto = (
-        AutoModelForTokenClassification if TASK_KINDS[kind].level == "residue" else AutoModelForSequenceClassification
-    )
+    model_class = TASK_KINDS[kind].model_class  # what AutoModelFor*Classification gives for fastankh's config
     adapter = _repo_file(name, "adapter_config.json")
     if adapter is not None:
         from peft import PeftModel
 
         with open(adapter) as f:
             base = json.load(f)["base_model_name_or_path"]
-        model = PeftModel.from_pretrained(auto.from_pretrained(base, config=config), name)
+        model = PeftModel.from_pretrained(model_class.from_pretrained(base, config=config), name)
     else:
-        model = auto.from_pretrained(name)
+        model = model_class.from_pretrained(name)
     dtype = resolve_precision(precision, device)
     return model.to(device=device, dtype=dtype).eval(), load_tokenizer(name), kind
 
@@ -115,13 +121,37 @@ def _fmt(values: torch.Tensor) -> str:
     return " ".join(f"{v:.4f}" for v in values.tolist())
 
 
-def _rows(kind: str, labels: list[str], logits: torch.Tensor, records: list[Record], prefix: int) -> list[dict]:
-    """Output rows of one batch; logits (B, T, C) for residue kinds, (B, C) for sequence kinds."""
+def ranked_contacts(probs: torch.Tensor) -> tuple[str, str]:
+    """(pairs, probabilities) of the top L pairs of an (L, L) contact probability map, best first: pairs
+    i < j with j - i >= MIN_CONTACT_SEPARATION as space-separated `i-j`, probabilities with 4 decimals."""
+    n = probs.shape[0]
+    i, j = torch.triu_indices(n, n, offset=MIN_CONTACT_SEPARATION)
+    scores = probs[i, j]
+    top = torch.argsort(scores, descending=True, stable=True)[:n]
+    return " ".join(f"{a}-{b}" for a, b in zip(i[top].tolist(), j[top].tolist())), _fmt(scores[top])
+
+
+def _rows(
+    kind: str,
+    labels: list[str],
+    logits: torch.Tensor,
+    records: list[Record],
+    prefix: int,
+    maps: dict[str, np.ndarray] | None = None,
+) -> list[dict]:
+    """Output rows of one batch; logits (B, T, C) for residue kinds, (B, C) for sequence kinds, (B, T, T)
+    for the pair kind (whose probability maps go to `maps` by record id when given)."""
     rows, logits = [], logits.float().cpu()
     joiner = "" if all(len(label) == 1 for label in labels) else " "
     for r, out in zip(records, logits):
         row: dict[str, Any] = {"id": r.id, "sequence": r.sequence}
-        if kind == "residue_classification":
+        if kind == "residue_pair_classification":
+            n = len(r.sequence)
+            probs = out[prefix : prefix + n, prefix : prefix + n].sigmoid()
+            row["prediction"], row[f"prob_{labels[0]}"] = ranked_contacts(probs)
+            if maps is not None:
+                maps[r.id] = probs.numpy()
+        elif kind == "residue_classification":
             probs = out[prefix : prefix + len(r.sequence)].softmax(-1)  # (n_residues, C)
             row["prediction"] = joiner.join(labels[i] for i in probs.argmax(-1).tolist())
             row.update({f"prob_{label}": _fmt(probs[:, c]) for c, label in enumerate(labels)})
@@ -141,9 +171,16 @@ def _rows(kind: str, labels: list[str], logits: torch.Tensor, records: list[Reco
 
 @torch.inference_mode()
 def predict_records(
-    model, tokenizer, kind: str, records: Sequence[Record], batch_size: int = 16, progress: bool = True
+    model,
+    tokenizer,
+    kind: str,
+    records: Sequence[Record],
+    batch_size: int = 16,
+    progress: bool = True,
+    maps: dict[str, np.ndarray] | None = None,
 ) -> list[dict]:
-    """Output rows (see the module docstring) for `records`, in their order; batches are length-sorted."""
+    """Output rows (see the module docstring) for `records`, in their order; batches are length-sorted.
+    Pair kind: with `maps`, each record's (L, L) contact probability map is stored there under its id."""
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     prefix, device = prefix_length(tokenizer), next(model.parameters()).device
     rows: list[dict | None] = [None] * len(records)
@@ -152,7 +189,7 @@ def predict_records(
         for chunk in length_batches([len(r.sequence) for r in records], batch_size):
             batch = tokenizer([records[i].sequence for i in chunk], padding=True, return_tensors="pt").to(device)
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            for i, row in zip(chunk, _rows(kind, labels, logits, [records[i] for i in chunk], prefix)):
+            for i, row in zip(chunk, _rows(kind, labels, logits, [records[i] for i in chunk], prefix, maps)):
                 rows[i] = row
             bar.update(len(chunk))
     return rows
@@ -168,6 +205,12 @@ def write_table(rows: list[dict], path: str | os.PathLike) -> None:
         frame.to_parquet(tmp, index=False) if path.suffix.lower() == ".parquet" else frame.to_csv(tmp, index=False)
 
 
+def write_maps(maps: dict[str, np.ndarray], path: str | os.PathLike) -> None:
+    """Contact maps to a compressed .npz (one array per record id), atomically."""
+    with atomic_path(Path(path)) as tmp, open(tmp, "wb") as f:  # a file object: numpy adds no suffix
+        np.savez_compressed(f, **maps)
+
+
 def predict_file(
     model: str | os.PathLike,
     input: str | os.PathLike,
@@ -181,8 +224,12 @@ def predict_file(
     precision: str = "auto",
     progress: bool = True,
     report: Callable[[str], None] | None = None,
+    contact_maps: str | os.PathLike | None = None,
 ) -> list[str]:
     """Predict every valid record of `input` into `output`; returns the problem lines of skipped records.
+
+    `contact_maps` (residue_pair_classification models): also write each record's (L, L) contact probability
+    map to this .npz, keyed by record id (ids must then be unique).
 
     `precision`: the dtype the model computes in (see load_task_model); `auto` is bf16 on hardware with native
     bf16 matmuls. Bad input raises DataError before the model is loaded (on_invalid="error": one line per invalid
@@ -196,6 +243,8 @@ def predict_file(
         raise DataError(str(err)) from None
     if Path(output).suffix.lower() not in OUTPUT_SUFFIXES:
         raise DataError(f"{output}: output must end in {' or '.join(OUTPUT_SUFFIXES)}")
+    if contact_maps is not None and Path(contact_maps).suffix.lower() != MAPS_SUFFIX:
+        raise DataError(f"{contact_maps}: contact_maps must end in {MAPS_SUFFIX}")
     records = read_records(input, id_column, sequence_column)
     valid, problems = check_records(records, os.fspath(input), max_length)
     if problems and on_invalid == "error":
@@ -205,9 +254,18 @@ def predict_file(
             report(line)
     if not valid:
         raise DataError(f"{input}: no valid records to predict")
+    if contact_maps is not None:
+        twice = sorted(k for k, count in Counter(records[i].id for i in valid).items() if count > 1)
+        if twice:
+            raise DataError(f"{input}: contact_maps are keyed by record id; id(s) used twice: {', '.join(twice)}")
     task_model, tokenizer, kind = load_task_model(model, device, precision)
-    rows = predict_records(task_model, tokenizer, kind, [records[i] for i in valid], batch_size, progress)
+    if contact_maps is not None and kind != "residue_pair_classification":
+        raise DataError(f"contact_maps needs a residue_pair_classification model; {model} is {kind}")
+    maps: dict[str, np.ndarray] | None = {} if contact_maps is not None else None
+    rows = predict_records(task_model, tokenizer, kind, [records[i] for i in valid], batch_size, progress, maps)
     write_table(rows, output)
+    if maps is not None:
+        write_maps(maps, contact_maps)
     return problems
 
 
@@ -218,6 +276,8 @@ __all__ = [
     "load_task_model",
     "predict_records",
     "predict_file",
+    "ranked_contacts",
     "task_kind",
+    "write_maps",
     "write_table",
 ]

@@ -8,11 +8,16 @@ Batch contract between the data module (tasks/data.py) and the model (tasks/modu
   residue_mask   (B, T) bool    True at residue tokens (not [NLU], </s> or padding)
   labels         residue kinds: (B, T) long class ids (-100 = ignore) or float values (0 where ignored:
                  for regression only label_mask says which residues count)
+                 residue_pair_classification: (B, T, T) int8 contact map in token coordinates, symmetric:
+                 1 contact, 0 none, -100 where a pair cannot count (a residue without coordinates, a
+                 non-residue token, padding); int8 keeps a batch's maps at B*T*T bytes. The model counts
+                 only pairs i < j with j - i >= 6 (fastankh.modeling_tasks.counted_pairs)
                  sequence_classification: (B,) long; sequence_regression: (B,) float;
                  sequence_multilabel: (B, C) float 0/1
                  masked_lm: (B, T) long original ids at the chosen tokens, -100 elsewhere
                  (input_ids then hold the corrupted sequence)
-  label_mask     residue kinds and masked_lm: (B, T) bool, True where a label counts (residue, unmasked)
+  label_mask     residue, pair kinds and masked_lm: (B, T) bool, True where a residue's label counts (residue,
+                 unmasked; pair kind: the residue's pairs count)
   ids            list[str] record ids, for predictions
 The task model (tasks/kinds.py names its class) takes input_ids, attention_mask, residue_mask, labels and
 label_mask as they are and computes the loss itself (`loss` of its class in fastankh/modeling_tasks.py).
@@ -53,6 +58,9 @@ class DataSpec:
     label_separator: str | None = None
     max_length: int = 1024  # residues; longer sequences are an error (or truncated, see truncate)
     truncate: bool = False
+    # residue and pair kinds: training crops longer chains to a random window of this many residues (pair
+    # memory grows as L^2; drawn per (seed, epoch, sample)); evaluation always runs whole chains
+    crop_length: int | None = None
     mlm_probability: float = 0.15  # masked_lm: share of residue tokens chosen for prediction
 
 
@@ -61,7 +69,8 @@ class TaskSpec:
     name: str
     kind: str
     data: DataSpec
-    labels: list[str] | None = None  # class alphabet (classification kinds); None for regression
+    # class alphabet (classification kinds); None for regression; residue_pair_classification: [contact]
+    labels: list[str] | None = None
     metrics: list[str] = field(default_factory=list)
     monitor: str = "val/loss"  # metric that selects the best checkpoint
     monitor_mode: str = "min"
@@ -71,12 +80,27 @@ class TaskSpec:
             raise ValueError(f"task {self.name}: kind must be one of {KINDS}, got {self.kind!r}")
         if isinstance(self.data, dict):
             self.data = DataSpec(**self.data)
+        if self.pair_level:
+            self.labels = self.labels or ["contact"]
+            if len(self.labels) != 1:
+                raise ValueError(
+                    f"task {self.name}: kind {self.kind} has one class (a contact), got labels {self.labels}"
+                )
         if self.kind.endswith(("classification", "multilabel")) and not self.labels:
             raise ValueError(f"task {self.name}: kind {self.kind} needs a `labels` list")
+        crop = self.data.crop_length
+        if crop is not None and (crop < 1 or not (self.residue_level or self.pair_level)):
+            raise ValueError(
+                f"task {self.name}: task.data.crop_length={crop} needs a positive length and a residue or pair kind"
+            )
 
     @property
     def residue_level(self) -> bool:
         return TASK_KINDS[self.kind].level == "residue"
+
+    @property
+    def pair_level(self) -> bool:
+        return TASK_KINDS[self.kind].level == "pair"
 
     @property
     def regression(self) -> bool:

@@ -16,8 +16,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 import tasks.schema  # noqa: F401  (registers the task schema, as train.py does)
-from fastankh.heads import build_head
-from tasks.kinds import head_choice
+from fastankh.heads import PAIR_HEADS, RESIDUE_HEADS, SEQUENCE_HEADS, build_head
+from tasks.kinds import TASK_KINDS, head_choice
 from tasks.spec import TaskSpec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,24 +79,27 @@ def padded_batch(lengths: list[int], d_model: int = 16) -> tuple[torch.Tensor, t
 def test_every_head_builds_for_every_task_level_or_names_the_mismatch():
     heads = {head: OmegaConf.to_container(resolved(f"head={head}").head) for head in options("head")}
     hidden, residue_mask = padded_batch([9, 4, 6])
+    names = {"residue": RESIDUE_HEADS, "sequence": SEQUENCE_HEADS, "pair": PAIR_HEADS}
     for task in options("task"):
         spec = TaskSpec.from_config(resolved(f"task={task}").task)
-        if spec.kind == "masked_lm":
+        level = TASK_KINDS[spec.kind].level
+        if level == "token":  # masked_lm: the model's own vocabulary head
             continue
-        level = "residue" if spec.residue_level else "sequence"
         for head, head_cfg in heads.items():
             head_cfg = {**head_cfg, "num_heads": 2} if "num_heads" in head_cfg else head_cfg
             name, head_options = head_choice(spec, head_cfg)  # the name and options the task model's config gets
-            if head in ("auto", "convbert") or (head in ("linear", "mlp")) == spec.residue_level:
+            if name in names[level]:
                 built = build_head(level, name, 16, spec.num_outputs, **head_options).eval()
                 with torch.no_grad():
                     out = built(hidden, residue_mask)
                     alone = built(hidden[1:2, :5], residue_mask[1:2, :5])  # row 1 unpadded: 4 residues + </s>
-                # one output per label (regression: a single value, which the module squeezes)
-                per_row = (hidden.shape[1], spec.num_outputs) if spec.residue_level else (spec.num_outputs,)
-                assert out.shape == (3, *per_row), (task, head, out.shape)
-                # padding must not leak into a row's residues or its pooled value
-                padded, unpadded = (out[1, :4], alone[0, :4]) if spec.residue_level else (out[1], alone[0])
+                # one output per label (regression: a single value, which the module squeezes); pairs: a map
+                width = hidden.shape[1]
+                per_row = {"residue": (width, spec.num_outputs), "sequence": (spec.num_outputs,), "pair": (width,) * 2}
+                assert out.shape == (3, *per_row[level]), (task, head, out.shape)
+                # padding must not leak into a row's residues, residue pairs or its pooled value
+                residues = {"residue": (slice(4),), "sequence": (), "pair": (slice(4), slice(4))}[level]
+                padded, unpadded = out[1][residues], alone[0][residues]
                 torch.testing.assert_close(padded, unpadded, atol=1e-6, rtol=0, msg=f"{task} {head}")
             else:
                 with pytest.raises(ValueError, match=f"unknown {level} head '{head}'"):

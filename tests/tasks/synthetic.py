@@ -16,7 +16,8 @@ TINY = dict(d_model=32, d_kv=8, d_ff=64, num_heads=4)
 
 
 def make_task(kind: str, num_classes: int = 3, **fields) -> TaskSpec:
-    labels = None if kind.endswith("regression") or kind == "masked_lm" else [f"c{i}" for i in range(num_classes)]
+    no_classes = kind.endswith("regression") or kind in ("masked_lm", "residue_pair_classification")
+    labels = None if no_classes else [f"c{i}" for i in range(num_classes)]
     return TaskSpec(name=f"synthetic_{kind}", kind=kind, data={}, labels=labels, **fields)
 
 
@@ -50,6 +51,11 @@ def make_batch(task: TaskSpec, lengths: list[int], seed: int = 0, num_classes: i
         batch["labels"] = torch.randint(0, 2, (b, num_classes), generator=g).float()
     elif kind == "sequence_regression":
         batch["labels"] = torch.randn(b, generator=g)
+    elif kind == "residue_pair_classification":  # a symmetric random contact map, -100 off residue pairs
+        upper = (torch.rand(b, t, t, generator=g) < 0.2).triu(1)
+        pairs = residue_mask[:, :, None] & residue_mask[:, None, :]
+        batch["labels"] = (upper | upper.transpose(1, 2)).to(torch.int8).masked_fill(~pairs, IGNORE_INDEX)
+        batch["label_mask"] = residue_mask.clone()
     elif kind == "masked_lm":
         chosen = residue_mask & (torch.rand(b, t, generator=g) < 0.3)
         chosen[:, 0] = True  # at least one masked token per sequence

@@ -211,3 +211,46 @@ def test_masked_lm_accuracy_and_perplexity_over_masked_tokens_only():
     pred = [row.index(max(row)) for row in rows]
     nll = [-math.log(softmax(row)[y]) for row, y in zip(rows, target)]
     check(metrics.compute(), {"masked_accuracy": accuracy(target, pred), "perplexity": math.exp(mean(nll))})
+
+
+def test_contact_precision_at_l_fractions_per_protein_by_range():
+    """Rows: 30 residues; 34 residues with residue 5 unlabelled (no coordinates); 20 residues (no pair is 24
+    apart: long-range skips it, medium counts it). Labels and scores are random; logits off counted pairs
+    (close pairs, residue 5, </s>, padding) are the highest of all and would top every ranking if read."""
+    g = torch.Generator().manual_seed(2)
+    lengths, width = [30, 34, 20], 35
+    residue_mask = torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
+    label_mask = residue_mask.clone()
+    label_mask[1, 5] = False
+    contact = (torch.rand(3, width, width, generator=g) < 0.15).triu(1)
+    labels = (contact | contact.transpose(1, 2)).to(torch.int8)
+    scores = torch.rand(3, width, width, generator=g)
+    scores = scores + scores.transpose(1, 2)
+    logits = torch.full((3, width, width), 10.0)
+    names = [f"{r}_p_at_{k}" for r in ("long", "medium", "short") for k in ("l5", "l2", "l")]
+    ranges = {"long": (24, 10**6), "medium": (12, 23), "short": (6, 11)}
+    expected = {}
+    for r, (low, high) in ranges.items():
+        for k, divisor in (("l5", 5), ("l2", 2), ("l", 1)):
+            per_protein = []
+            for b, n in enumerate(lengths):
+                pairs = [
+                    (i, j)
+                    for i in range(n)
+                    for j in range(i + low, min(n, i + high + 1))
+                    if label_mask[b, i] and label_mask[b, j]
+                ]
+                if not pairs:
+                    continue
+                ranked = sorted(pairs, key=lambda p: -scores[b, p[0], p[1]].item())[: max(1, n // divisor)]
+                per_protein.append(mean([float(labels[b, i, j] == 1) for i, j in ranked]))
+            expected[f"{r}_p_at_{k}"] = mean(per_protein)
+    counted = residue_mask[:, :, None] & residue_mask[:, None, :] & label_mask[:, :, None] & label_mask[:, None, :]
+    logits[counted] = scores[counted]
+    labels = labels.masked_fill(~(residue_mask[:, :, None] & residue_mask[:, None, :]), IGNORE)
+    metrics = TaskMetrics("residue_pair_classification", names, 1)
+    batch = {"labels": labels, "label_mask": label_mask, "residue_mask": residue_mask}
+    metrics.update(logits[:2], {k: v[:2] for k, v in batch.items()})  # two updates: states accumulate
+    metrics.update(logits[2:], {k: v[2:] for k, v in batch.items()})
+    check(metrics.compute(), expected)
+    assert 0 < expected["long_p_at_l5"] < 1 and expected["medium_p_at_l"] > 0

@@ -21,6 +21,7 @@ KINDS = [
     "sequence_multilabel",
     "sequence_regression",
     "masked_lm",
+    "residue_pair_classification",
 ]
 MODES = ["frozen", "full", "lora", "partial"]
 
