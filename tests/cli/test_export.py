@@ -335,6 +335,7 @@ def test_cli_push_uploads_the_exported_folder(runs, tmp_path, monkeypatch):
         ("sequence_classification", "max"),
         ("sequence_multilabel", "attention"),
         ("sequence_regression", "mean"),
+        ("residue_pair_classification", "convbert"),
     ],
 )
 def test_saved_task_model_logits_and_loss_equal_the_module(kind, head, tmp_path):
