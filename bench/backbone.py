@@ -1,7 +1,8 @@
 """FastANKH vs transformers' T5EncoderModel on the same weights: speed and peak memory, side by side.
 
-    python bench/backbone.py                         # CPU: ankh_base widths, 4 layers, batch 8
-    python bench/backbone.py --device cuda --dtype bf16 --lengths 512 1024 2048 4096
+    python bench/backbone.py                         # CPU: ankh_base widths, 4 layers, batch 8, fp32 and bf16
+    python bench/backbone.py --embed                 # + embedding throughput at full ankh_base depth (48 layers)
+    python bench/backbone.py --device cuda --lengths 512 1024 2048 4096 --embed --plot bench/speedup-gpu.png
 
 Every measurement runs in a fresh subprocess. Peak memory is the growth during one step after a
 warm-up: CUDA max_memory_allocated, or on CPU the peak resident set (VmHWM, reset through
@@ -14,6 +15,17 @@ rescaled so its longest sequence is L; `spread` = lengths spread evenly over L/2
 older, less favourable input). Default lengths include 129 and 513, one past a multiple of 128, where
 flex pays for padding to its 128-token blocks. Every row has its own transformers measurement, taken
 just before the project's; times are the median of `--reps` steps, with min..max shown.
+
+Precisions (`--dtypes`): fp32 rows compare fp32 with fp32. bf16 rows run the forward with bf16 weights (what
+`precision=bf16`/`auto` does for inference) and the training step under bf16 autocast (`bf16-mixed`), against
+transformers doing the same, and also against transformers fp32 (what a user who does not switch gets).
+MFU = model FLOPs per second (real tokens only: projections, FFN and attention; a training step counts 3x the
+forward) / the rate of a plain (3072 x d_model) @ (d_model x d_ff) matmul in that dtype, measured at the start
+of the same run on the same machine and threads.
+`--embed`: residues per second of `embed_dataset` (FastANKH, fp32 and bf16) and of a transformers
+T5EncoderModel loop (fp32 and bf16 weights, length-sorted batches of the same size) on the same real
+sequences from data/localization.csv, at full ankh_base depth; plus the per-sequence cosine of FastANKH bf16
+to fp32 embeddings.
 """
 
 from __future__ import annotations
@@ -31,6 +43,40 @@ import time
 import torch
 
 IMPLS = ("transformers-sdpa", "fastankh-sdpa", "fastankh-flex")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def model_flops(lengths: list[int], layers: int, preset: str, mode: str) -> float:
+    """Useful FLOPs of one step on these sequences: projections and FFN per real token, QK^T and AV per pair."""
+    from fastankh import PRESETS
+
+    p = PRESETS[preset]
+    d, inner, d_ff = p["d_model"], p["num_heads"] * p["d_kv"], p["d_ff"]
+    per_layer = 2 * sum(lengths) * (4 * d * inner + 3 * d * d_ff) + 4 * inner * sum(n * n for n in lengths)
+    return layers * per_layer * (3 if mode == "train" else 1)
+
+
+def matmul_rate(preset: str, dtype: str, device: str, threads: int) -> float:
+    """FLOP/s of a plain (3072 x d_model) @ (d_model x d_ff) matmul: the machine's own ceiling for MFU."""
+    from fastankh import PRESETS
+
+    torch.set_num_threads(threads)
+    p = PRESETS[preset]
+    a = torch.randn(3072, p["d_model"], dtype=DTYPES[dtype], device=device)
+    b = torch.randn(p["d_model"], p["d_ff"], dtype=DTYPES[dtype], device=device)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(5):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(5):
+            a @ b
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, (time.perf_counter() - t) / 5)
+    return 2 * a.shape[0] * a.shape[1] * b.shape[1] / best
 
 
 def make_checkpoint(path: str, layers: int, preset: str) -> None:
@@ -108,18 +154,20 @@ def measure(args) -> dict:
     from fastankh import FastAnkhModel
 
     torch.set_num_threads(args.threads)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    dtype = DTYPES[args.dtype]
     if args.impl == "transformers-sdpa":
         model = T5EncoderModel.from_pretrained(args.ckpt, attn_implementation="sdpa")
     else:
         model = FastAnkhModel.from_pretrained(args.ckpt, attn_backend=args.impl.split("-")[1])
-    model.to(args.device)
-    ids, mask = batch(args.length, args.batch, args.device, args.inputs[0])  # one choice per measuring process
     train = args.mode == "train"
+    # inference in bf16 = bf16 weights (precision=bf16); training in bf16 = autocast over fp32 weights (bf16-mixed)
+    model.to(args.device, dtype=dtype if not train else torch.float32)
+    ids, mask = batch(args.length, args.batch, args.device, args.inputs[0])  # one choice per measuring process
     model.train(train)
+    autocast = train and dtype != torch.float32
 
     def step():
-        with torch.autocast(args.device, dtype=dtype, enabled=dtype != torch.float32), torch.set_grad_enabled(train):
+        with torch.autocast(args.device, dtype=dtype, enabled=autocast), torch.set_grad_enabled(train):
             out = model(input_ids=ids, attention_mask=mask).last_hidden_state
             if train:
                 out.float().pow(2).mean().backward()
@@ -196,6 +244,63 @@ def _subprocess(args, impl: str, length: int, mode: str, what: str, env: dict) -
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def embed_throughput(args, sequences: list[str]) -> list[dict]:
+    """Residues/s of FastANKH embed_dataset and of a transformers T5EncoderModel loop, fp32 and bf16, full depth."""
+    from transformers import T5EncoderModel
+
+    from fastankh import FastAnkhModel, embed_dataset, load_tokenizer
+
+    torch.set_num_threads(args.threads)
+    tokenizer = load_tokenizer(args.preset)
+    residues = sum(map(len, sequences))
+    results, outputs = [], {}
+    for impl, dtype in itertools.product(("transformers", "fastankh"), ("fp32", "bf16")):
+        if impl == "transformers":
+            model = T5EncoderModel.from_pretrained(args.embed_ckpt).to(args.device, DTYPES[dtype]).eval()
+
+            def run(seqs: list[str], model=model) -> dict[str, torch.Tensor]:
+                out = {}
+                order = sorted(seqs, key=len, reverse=True)  # longest first, as embed_dataset batches
+                for start in range(0, len(order), args.embed_batch):
+                    chunk = order[start : start + args.embed_batch]
+                    enc = tokenizer(chunk, padding=True, return_tensors="pt").to(args.device)
+                    with torch.inference_mode():
+                        hidden = model(**enc).last_hidden_state.float()
+                    for row, seq in enumerate(chunk):
+                        out[seq] = hidden[row, : len(seq)].mean(0).cpu()
+                return out
+        else:
+            model = FastAnkhModel.from_pretrained(args.embed_ckpt).to(args.device).eval()
+            precision = "32" if dtype == "fp32" else "bf16"
+
+            def run(seqs: list[str], model=model, precision=precision) -> dict[str, torch.Tensor]:
+                return embed_dataset(
+                    model, seqs, tokenizer, batch_size=args.embed_batch, progress=False, precision=precision
+                )
+
+        run(sequences[: args.embed_batch])  # warm-up
+        t = time.perf_counter()
+        outputs[(impl, dtype)] = run(sequences)
+        seconds = time.perf_counter() - t
+        results.append(dict(impl=impl, dtype=dtype, seconds=seconds, residues_per_s=residues / seconds))
+        print(json.dumps(results[-1]), file=sys.stderr)
+        del model
+    ref, bf16 = outputs[("fastankh", "fp32")], outputs[("fastankh", "bf16")]
+    cosines = [torch.cosine_similarity(bf16[s], ref[s], dim=0).item() for s in sequences]
+    for r in results:
+        r["min_cosine_bf16_vs_fp32"] = min(cosines)
+    return results
+
+
+def embed_sequences(count: int) -> list[str]:
+    """`count` real proteins of at most 512 residues from the shipped localization set (fixed seed)."""
+    import pandas as pd
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data", "localization.csv")
+    seqs = pd.read_csv(path, usecols=["sequence"])["sequence"]
+    return seqs[seqs.str.len() <= 512].sample(count, random_state=0).tolist()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="ankh_base", help="widths of this preset")
@@ -205,7 +310,11 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--inputs", nargs="+", default=["bucketed", "spread"], choices=["bucketed", "spread"])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES))
+    parser.add_argument("--embed", action="store_true", help="also time embedding at full depth (48 layers)")
+    parser.add_argument("--embed-sequences", type=int, default=200)
+    parser.add_argument("--embed-batch", type=int, default=16)
+    parser.add_argument("--plot", help="write a PNG of speed-up and memory ratio against length here")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
     parser.add_argument("--json", help="also write the results here")
@@ -215,6 +324,7 @@ def main() -> None:
     parser.add_argument("--length", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
     parser.add_argument("--what", default="time", help=argparse.SUPPRESS)
+    parser.add_argument("--dtype", default="fp32", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._measure:
         print(json.dumps(measure(args)))
@@ -223,46 +333,67 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
+    rates = {dtype: matmul_rate(args.preset, dtype, args.device, args.threads) for dtype in args.dtypes}
+    print(json.dumps({"matmul_tflops": {k: v / 1e12 for k, v in rates.items()}}), file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         args.ckpt = tmp
         make_checkpoint(tmp, args.layers, args.preset)
-        rows = []
-        for inputs, length, mode, impl in itertools.product(
-            args.inputs, args.lengths, ("forward", "train"), args.impls
+        rows, fp32_refs = [], {}
+        for dtype, inputs, length, mode, impl in itertools.product(
+            args.dtypes, args.inputs, args.lengths, ("forward", "train"), args.impls
         ):
             if impl == "transformers-sdpa" or (impl == "fastankh-flex" and mode == "train" and args.device == "cpu"):
                 continue  # the reference is measured per row below; no flex backward on CPU
-            one = argparse.Namespace(**{**vars(args), "inputs": inputs})
+            one = argparse.Namespace(**{**vars(args), "inputs": inputs, "dtype": dtype})
             base = run_one(one, "transformers-sdpa", length, mode)
             res = run_one(one, impl, length, mode)
+            if dtype == "fp32" and base:
+                fp32_refs[(inputs, length, mode)] = base
+            ref32 = None
+            if dtype != "fp32":
+                ref32 = fp32_refs.get((inputs, length, mode)) or run_one(
+                    argparse.Namespace(**{**vars(one), "dtype": "fp32"}), "transformers-sdpa", length, mode
+                )
             if base and res:
                 lengths = batch_lengths(length, args.batch, inputs)
+                seconds = statistics.median(res["times"])
                 rows.append(
                     dict(
                         impl=impl,
+                        dtype=dtype,
                         inputs=inputs,
                         length=length,
                         mode=mode,
                         padding=1 - sum(lengths) / (len(lengths) * max(lengths)),
                         times=res["times"],
                         ref_times=base["times"],
-                        seconds=statistics.median(res["times"]),
+                        seconds=seconds,
                         ref_seconds=statistics.median(base["times"]),
-                        speedup=statistics.median(base["times"]) / statistics.median(res["times"]),
+                        speedup=statistics.median(base["times"]) / seconds,
+                        speedup_vs_fp32=statistics.median(ref32["times"]) / seconds if ref32 else None,
+                        mfu=model_flops(lengths, args.layers, args.preset, mode) / seconds / rates[dtype],
                         peak_mib=res["peak_bytes"] / 2**20,
                         ref_peak_mib=base["peak_bytes"] / 2**20,
                         memory_ratio=res["peak_bytes"] / max(base["peak_bytes"], 1),
                     )
                 )
                 print(json.dumps(rows[-1]), file=sys.stderr)
+    embed_rows = []
+    if args.embed:
+        with tempfile.TemporaryDirectory() as tmp:
+            args.embed_ckpt = tmp
+            make_checkpoint(tmp, 48, args.preset)
+            embed_rows = embed_throughput(args, embed_sequences(args.embed_sequences))
 
     title = (
-        f"{args.preset} widths, {args.layers} layers, batch {args.batch}, {args.device} {args.dtype}, "
-        f"{args.threads} threads; ratios vs transformers T5EncoderModel (sdpa)"
+        f"{args.preset} widths, {args.layers} layers, batch {args.batch}, {args.device}, {args.threads} threads; "
+        f"ratios vs transformers T5EncoderModel (sdpa) in the same dtype; matmul TFLOP/s "
+        + ", ".join(f"{k} {v / 1e12:.3f}" for k, v in rates.items())
     )
     table = Table(title=title)
     for col in (
         "impl",
+        "dtype",
         "inputs",
         "L",
         "pad",
@@ -270,6 +401,8 @@ def main() -> None:
         "ms (min..max)",
         "ref ms (min..max)",
         "speed-up",
+        "vs tf fp32",
+        "MFU",
         "peak MiB",
         "ref MiB",
         "memory ratio",
@@ -282,6 +415,7 @@ def main() -> None:
     for r in rows:
         table.add_row(
             r["impl"],
+            r["dtype"],
             r["inputs"],
             str(r["length"]),
             f"{r['padding']:.0%}",
@@ -289,18 +423,82 @@ def main() -> None:
             spread(r["times"]),
             spread(r["ref_times"]),
             f"{r['speedup']:.2f}x",
+            f"{r['speedup_vs_fp32']:.2f}x" if r["speedup_vs_fp32"] else "",
+            f"{r['mfu']:.0%}",
             f"{r['peak_mib']:.0f}",
             f"{r['ref_peak_mib']:.0f}",
             f"{r['memory_ratio']:.2f}x",
         )
-    Console(width=170).print(table)
+    Console(width=190).print(table)
+    if embed_rows:
+        table = Table(title=f"embedding, {args.preset} full depth (48 layers), {args.embed_sequences} sequences")
+        for col in ("impl", "dtype", "s", "residues/s", "vs transformers fp32", "vs transformers bf16"):
+            table.add_column(col, justify="right")
+        rate = {(r["impl"], r["dtype"]): r["residues_per_s"] for r in embed_rows}
+        for r in embed_rows:
+            table.add_row(
+                r["impl"],
+                r["dtype"],
+                f"{r['seconds']:.1f}",
+                f"{r['residues_per_s']:.0f}",
+                f"{r['residues_per_s'] / rate[('transformers', 'fp32')]:.2f}x",
+                f"{r['residues_per_s'] / rate[('transformers', 'bf16')]:.2f}x",
+            )
+        Console(width=190).print(table)
+        print(
+            f"FastANKH bf16 vs fp32 embeddings: min per-sequence cosine {embed_rows[0]['min_cosine_bf16_vs_fp32']:.5f}"
+        )
+    if args.plot:
+        plot(rows, args.plot, title)
     if args.json:
         from fastankh.atomic import atomic_path
 
         with atomic_path(args.json) as tmp, open(tmp, "w") as f:
             json.dump(
-                {"args": {k: v for k, v in vars(args).items() if not k.startswith("_")}, "rows": rows}, f, indent=1
+                {
+                    "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
+                    "matmul_tflops": {k: v / 1e12 for k, v in rates.items()},
+                    "rows": rows,
+                    "embed": embed_rows,
+                },
+                f,
+                indent=1,
             )
+
+
+def plot(rows: list[dict], path: str, title: str) -> None:
+    """Speed-up and memory ratio against L, one line per (impl, dtype, inputs, step); written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fastankh.atomic import atomic_path
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    series: dict[tuple, list[dict]] = {}
+    for r in rows:
+        series.setdefault((r["impl"], r["dtype"], r["inputs"], r["mode"]), []).append(r)
+    for (impl, dtype, inputs, mode), points in sorted(series.items()):
+        points.sort(key=lambda r: r["length"])
+        label = f"{impl.removeprefix('fastankh-')} {dtype} {inputs} {'fwd+bwd' if mode == 'train' else 'fwd'}"
+        style = "-" if mode == "train" else "--"
+        lengths = [r["length"] for r in points]
+        axes[0].plot(lengths, [r["speedup"] for r in points], style, marker="o", label=label)
+        axes[1].plot(lengths, [r["memory_ratio"] for r in points], style, marker="o", label=label)
+    ticks = sorted({r["length"] for r in rows})
+    for ax, name in zip(axes, ("speed-up vs transformers (x)", "peak memory / transformers")):
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.set_xlabel("L (longest sequence in the batch)")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
 
 
 if __name__ == "__main__":
