@@ -42,17 +42,27 @@ class Entry:
 
     name: str
     recipe: str
-    metric: str
-    label: str
+    metrics: dict[str, str]  # metric (a key of test_metrics.json) -> label in the table, the paper's unit
     scale: float = 1.0
     task: str | None = None
-    paper: dict[str, dict[str, float]] = field(default_factory=dict)  # model preset -> test split -> value
+    paper: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # model -> split -> metric -> value
 
 
 def load_paper(path: Path = PAPER_FILE) -> tuple[dict[str, list[str]], dict[str, Entry]]:
-    """(suites, entries) of tasks/ankh_paper.yaml."""
+    """(suites, entries) of tasks/ankh_paper.yaml. An entry names one `metric` + `label` (its paper values are
+    numbers) or several `metrics: {metric: label}` (its paper values are {metric: number})."""
     raw = yaml.safe_load(path.read_text())
-    entries = {name: Entry(name=name, **spec) for name, spec in raw["tasks"].items()}
+    entries = {}
+    for name, spec in raw["tasks"].items():
+        spec = dict(spec)
+        if "metric" in spec:
+            metric = spec.pop("metric")
+            spec["metrics"] = {metric: spec.pop("label")}
+            spec["paper"] = {
+                model: {split: {metric: value} for split, value in splits.items()}
+                for model, splits in (spec.get("paper") or {}).items()
+            }
+        entries[name] = Entry(name=name, **spec)
     return raw["suites"], entries
 
 
@@ -184,14 +194,14 @@ class Row:
 
 
 def rows_of(entry: Entry, model: str, results: Mapping[str, Mapping[str, float]]) -> list[Row]:
-    """One row per test split of our run, then any split the paper reports that we did not test."""
+    """One row per test split of our run and metric, then any split the paper reports that we did not test."""
     paper = entry.paper.get(model, {})
     rows = []
-    for split, values in results.items():
-        value = values.get(entry.metric)
-        ours = None if value is None or math.isnan(value) else value * entry.scale
-        rows.append(Row(entry.name, split, entry.label, ours, paper.get(split)))
-    rows += [Row(entry.name, s, entry.label, None, v) for s, v in paper.items() if s not in results]
+    for split in [*results, *(s for s in paper if s not in results)]:
+        for metric, label in entry.metrics.items():
+            value = results.get(split, {}).get(metric)
+            ours = None if value is None or math.isnan(value) else value * entry.scale
+            rows.append(Row(entry.name, split, label, ours, paper.get(split, {}).get(metric)))
     return rows
 
 

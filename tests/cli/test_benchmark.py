@@ -50,7 +50,8 @@ def test_local_suite_on_ankh_tiny_writes_the_table(tmp_path, capsys):
     print(table)
     assert table.startswith("# Ankh benchmark: `ankh_tiny`")
     rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
-    assert [r[0].lstrip("| ") for r in rows] == suites["local"]  # one test split per local task, in order
+    # one row per local task and metric (contacts: P@L/5 and P@L), in order, on its one test split
+    assert [r[0].lstrip("| ") for r in rows] == [n for n in suites["local"] for _ in entries[n].metrics]
     for _task, split, _label, ours, paper, diff in rows:
         assert split == "test" and paper == "–" and diff == "– |"  # no paper number for the shipped data
         assert not math.isnan(float(ours))
@@ -74,6 +75,7 @@ def test_without_the_hub_it_stops_at_once_one_line_per_dataset_nothing_written(t
         "proteinea/fluorescence",
         "proteinea/thermostability",
         "proteinea/gb1_sampled",
+        "proteinea/contact_prediction",
     }
     assert len(lines) == len(hub_ids)
     assert {line.split()[2] for line in lines} == hub_ids

@@ -171,3 +171,22 @@ def test_fitness_regression_files_and_columns(tmp_path, monkeypatch, tok, task, 
     assert dm.splits["val"]["labels"][:] == [0.5, 1.0, -2.0]
     assert dm.splits[test_split]["labels"][:] == [1.0, 1.0, -2.0]
     assert dm.train_label_mean == pytest.approx(-1.0 / 3)
+
+
+def test_contact_prediction_guessed_layout_pairs_and_validity(tmp_path, monkeypatch, tok):
+    """The schema is a guess (see conf/task/contact_prediction.yaml): `primary`, `contacts` as 0-based `i-j`
+    pairs, `valid_mask` per residue (0 = no coordinates), splits train / validation / test."""
+    seqs = ["MKTAYIAKQRQISFVK", "MKVLAAGIVGLLLAAC"]
+    frame = pd.DataFrame(
+        {
+            "primary": seqs,
+            "contacts": ["0-7 1-9 2-14", "3-10"],
+            "valid_mask": [" ".join("1" * 15 + "0"), " ".join("0" + "1" * 15)],
+        }
+    )
+    hub_copy(tmp_path, "proteinea/contact_prediction", {f"{s}.csv": frame for s in ("train", "validation", "test")})
+    dm = loaded(tmp_path, monkeypatch, tok, "contact_prediction")
+    assert dm.test_split_names == ["test"]
+    test = dm.splits["test"]
+    assert test["labels"][0] == [[0, 7], [1, 9], [2, 14]] and test["labels"][1] == [[3, 10]]
+    assert test["label_mask"][0] == [True] * 15 + [False] and test["label_mask"][1] == [False] + [True] * 15
