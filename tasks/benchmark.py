@@ -187,6 +187,7 @@ class Row:
     label: str
     ours: float | None
     paper: float | None
+    digits: int = 3  # decimals: 2 for percentages, 3 for correlations
 
     @property
     def difference(self) -> float | None:
@@ -201,16 +202,17 @@ def rows_of(entry: Entry, model: str, results: Mapping[str, Mapping[str, float]]
         for metric, label in entry.metrics.items():
             value = results.get(split, {}).get(metric)
             ours = None if value is None or math.isnan(value) else value * entry.scale
-            rows.append(Row(entry.name, split, label, ours, paper.get(split, {}).get(metric)))
+            digits = 2 if entry.scale != 1 else 3
+            rows.append(Row(entry.name, split, label, ours, paper.get(split, {}).get(metric), digits))
     return rows
 
 
-def _number(value: float | None) -> str:
-    return "–" if value is None else f"{value:.2f}" if abs(value) >= 1.5 else f"{value:.3f}"
+def _number(value: float | None, digits: int) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
 
 
-def _signed(value: float | None) -> str:
-    return "–" if value is None else ("+" if value >= 0 else "") + _number(value)
+def _signed(value: float | None, digits: int) -> str:
+    return "–" if value is None else ("+" if value >= 0 else "") + _number(value, digits)
 
 
 def render(model: str, rows: Sequence[Row], run_dir: Path, overrides: Sequence[str]) -> str:
@@ -227,7 +229,8 @@ def render(model: str, rows: Sequence[Row], run_dir: Path, overrides: Sequence[s
     ]
     for r in rows:
         lines.append(
-            f"| {r.task} | {r.split} | {r.label} | {_number(r.ours)} | {_number(r.paper)} | {_signed(r.difference)} |"
+            f"| {r.task} | {r.split} | {r.label} | {_number(r.ours, r.digits)} | {_number(r.paper, r.digits)} "
+            f"| {_signed(r.difference, r.digits)} |"
         )
     return "\n".join(lines) + "\n"
 
