@@ -9,11 +9,7 @@ when the task file does not mention the key. Importing this module registers the
 from __future__ import annotations
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import OmegaConf
 
-from tasks.spec import TaskSpec
+from tasks.spec import TaskSpec  # registers `${class_ids:N}` too
 
 ConfigStore.instance().store(name="task_schema", node=TaskSpec)
-
-if not OmegaConf.has_resolver("class_ids"):
-    OmegaConf.register_new_resolver("class_ids", lambda n: [str(i) for i in range(int(n))])

@@ -28,9 +28,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from tasks.kinds import TASK_KINDS
 
 KINDS = tuple(TASK_KINDS)
+
+# `${class_ids:N}` -> ["0", ..., "N-1"]: labels of tasks whose classes are integer ids (remote homology's 1195
+# folds), resolvable wherever a task YAML is read (Hydra, or OmegaConf.load + TaskSpec.from_config).
+if not OmegaConf.has_resolver("class_ids"):
+    OmegaConf.register_new_resolver("class_ids", lambda n: [str(i) for i in range(int(n))])
 IGNORE_INDEX = -100
 
 
