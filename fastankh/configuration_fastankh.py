@@ -126,6 +126,9 @@ class FastAnkhConfig(PreTrainedConfig):
     initializer_factor: float = 1.0
     attn_backend: str = "sdpa"
     flex_kernel: str = "auto"
+    # "auto" | True | False: RMSNorm and the FFN gate as torch.compile'd regions (fused elementwise kernels);
+    # auto = on CUDA, and on CPUs with native bf16 computing in bf16 at d_model >= 512 (see modeling_fastankh)
+    compile_regions: str | bool = "auto"
     pad_token_id: int | None = 0
     eos_token_id: int | None = 1
     tie_word_embeddings: bool = False
@@ -140,6 +143,8 @@ class FastAnkhConfig(PreTrainedConfig):
             self.feed_forward_proj = "gated-gelu" if self.dense_act_fn == "gelu_new" else f"gated-{self.dense_act_fn}"
         if self.attn_backend not in ATTN_BACKENDS:
             raise ValueError(f"attn_backend must be one of {ATTN_BACKENDS}, got {self.attn_backend!r}")
+        if self.compile_regions not in ("auto", True, False):
+            raise ValueError(f"compile_regions must be 'auto', true or false, got {self.compile_regions!r}")
         if self.flex_kernel not in FLEX_KERNELS:
             raise ValueError(f"flex_kernel must be one of {FLEX_KERNELS}, got {self.flex_kernel!r}")
         kwargs.pop("is_encoder_decoder", None)

@@ -47,6 +47,68 @@ FLEX_MIN_ROW = 1024  # the shortest packed flex row (see flex_row_length)
 # --------------------------------------------------------------------------------------------
 # Building blocks
 # --------------------------------------------------------------------------------------------
+def _t5_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """T5LayerNorm's math for bf16/fp16 weights: variance in fp32, normalised x rounded to the weight's dtype."""
+    variance = x.float().pow(2).mean(-1, keepdim=True)
+    x = x * torch.rsqrt(variance + eps)
+    if weight.dtype in (torch.float16, torch.bfloat16):
+        x = x.to(weight.dtype)
+    return weight * x
+
+
+def _gated(act: nn.Module, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """act(gate) * up, the FFN's elementwise middle."""
+    return act(gate) * up
+
+
+_REGIONS: dict[str, object] = {}
+_REGIONS_PROVEN: set[str] = set()
+
+
+def _region(fn, compiled: bool):
+    """`fn`, or its torch.compile'd twin (dynamic shapes: one graph for every token count) when `compiled`.
+
+    Inductor fuses each region's elementwise chain into one kernel (the same ops, casts included). A first
+    call that cannot compile (no C++ compiler, an unsupported backend) warns once and runs eager for good."""
+    name = fn.__name__
+    if not compiled or _REGIONS.get(name, True) is None:
+        return fn
+    if name not in _REGIONS:
+        _REGIONS[name] = torch.compile(fn, dynamic=True)
+    compiled_fn = _REGIONS[name]
+    if name in _REGIONS_PROVEN:
+        return compiled_fn
+
+    def first_call(*args):
+        try:
+            out = compiled_fn(*args)
+        except Exception as err:  # noqa: BLE001 - a compile failure of any kind means: eager, as before
+            _REGIONS[name] = None
+            _warn_once(f"torch.compile of {name} failed ({type(err).__name__}); running it eagerly")
+            return fn(*args)
+        _REGIONS_PROVEN.add(name)
+        return out
+
+    return first_call
+
+
+def use_compiled_regions(
+    choice: str | bool, device: torch.device, dtype: torch.dtype, d_model: int, training: bool
+) -> bool:
+    """config.compile_regions: True / False, or "auto": on CUDA, and for bf16 inference on CPUs with native bf16
+    at real model widths (d_model >= 512): there fusing the norms and the FFN gate measurably pays (~6% of a
+    forward on ankh_base widths); CPU training under autocast gains nothing (its norms are fp32 and fused)."""
+    if choice != "auto":
+        return bool(choice)
+    if device.type == "cuda":
+        return True
+    from .precision import has_native_bf16
+
+    return (
+        device.type == "cpu" and not training and dtype == torch.bfloat16 and d_model >= 512 and has_native_bf16(device)
+    )
+
+
 class FastAnkhRMSNorm(nn.Module):
     """T5 LayerNorm: x / rms(x) * weight, no mean subtraction, no bias; variance in fp32."""
 
@@ -55,14 +117,10 @@ class FastAnkhRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, compiled: bool = False) -> torch.Tensor:
         if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
             return F.rms_norm(x, self.weight.shape, self.weight, self.eps)  # fused, same math
-        variance = x.float().pow(2).mean(-1, keepdim=True)
-        x = x * torch.rsqrt(variance + self.eps)
-        if self.weight.dtype in (torch.float16, torch.bfloat16):
-            x = x.to(self.weight.dtype)
-        return self.weight * x
+        return _region(_t5_rms_norm, compiled)(x, self.weight, self.eps)
 
 
 def relative_position_bucket(relative_position: torch.Tensor, num_buckets: int, max_distance: int) -> torch.Tensor:
@@ -144,8 +202,8 @@ class FastAnkhFeedForward(nn.Module):
         self.act = ACT2FN[act]
         self.dropout = nn.Dropout(config.dropout_rate)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.wo(self.dropout(self.act(self.wi_0(x)) * self.wi_1(x)))
+    def forward(self, x: torch.Tensor, compiled: bool = False) -> torch.Tensor:
+        return self.wo(self.dropout(_region(_gated, compiled)(self.act, self.wi_0(x), self.wi_1(x))))
 
 
 class FastAnkhBlock(GradientCheckpointingLayer):
@@ -160,8 +218,8 @@ class FastAnkhBlock(GradientCheckpointingLayer):
         self.dropout = nn.Dropout(config.dropout_rate)
 
     def forward(self, x: torch.Tensor, attn: AttentionInputs) -> torch.Tensor:
-        x = x + self.dropout(self.attention(self.attn_norm(x), attn))
-        return x + self.dropout(self.ffn(self.ffn_norm(x)))
+        x = x + self.dropout(self.attention(self.attn_norm(x, attn.compiled), attn))
+        return x + self.dropout(self.ffn(self.ffn_norm(x, attn.compiled), attn.compiled))
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,6 +263,7 @@ class AttentionInputs:
     score_mod: object = None
     block_mask: object = None
     kernel_options: dict | None = None
+    compiled: bool = False  # norms and the FFN gate run as compiled regions (config.compile_regions)
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """(B * L, d) padded batch -> (N, d) real tokens."""
@@ -422,6 +481,9 @@ class FastAnkhEncoder(nn.Module):
         else:
             dtype = self.layers[0].attention.q.weight.dtype if len(self.layers) else hidden.dtype
         attn = self._attention_inputs(backend, key_mask, dtype)
+        attn.compiled = use_compiled_regions(
+            self.config.compile_regions, hidden.device, dtype, self.config.d_model, training
+        )
 
         def padded(x: torch.Tensor) -> torch.Tensor:  # (N, d) -> (B, L, d), zeros at padding
             return attn.unpack(x).view(b, length, -1)
@@ -432,7 +494,7 @@ class FastAnkhEncoder(nn.Module):
             if output_hidden_states:
                 all_hidden.append(padded(hidden))
             hidden = layer(hidden, attn)
-        hidden = padded(self.dropout(self.final_norm(hidden)))
+        hidden = padded(self.dropout(self.final_norm(hidden, attn.compiled)))
         if output_hidden_states:
             all_hidden.append(hidden)
         return BaseModelOutput(
