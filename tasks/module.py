@@ -245,6 +245,21 @@ class FineTuneModule(L.LightningModule):
                 {"params/trainable": self.param_counts.trainable, "params/total": self.param_counts.total}
             )
 
+    def configure_gradient_clipping(
+        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm=None
+    ) -> None:
+        """trainer.gradient_clip_val as usual; under FSDP (whose precision plugin refuses norm clipping) by the
+        sharded module's own clip_grad_norm_, which reduces the norm over all ranks: the same clipping as one
+        process on the whole gradient."""
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        wrapped = self.trainer.strategy.model
+        fsdp = isinstance(wrapped, FullyShardedDataParallel)
+        if fsdp and gradient_clip_val and gradient_clip_algorithm in (None, "norm"):
+            wrapped.clip_grad_norm_(gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW: encoder ("backbone") at optim.lr, head at optim.head_lr; no weight decay on norms/biases."""
         o = self.hparams.optim
