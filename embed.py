@@ -4,7 +4,11 @@
     python embed.py model=ankh-ss3 input=proteins.csv output=residues.safetensors full=true   # an export's encoder
 
 Keys are record ids; values (d_model,) pooled over residues, or (n_residues, d_model) with full=true.
-Rerun the same command to resume: records already in the output are not recomputed.
+    python embed.py model=ankh_base input=proteins.fasta output=embeddings.safetensors devices=4   # 4 GPUs, ddp
+
+Rerun the same command to resume: records already in the output, or in the shards an interrupted run left in
+<output>.shards/, are not recomputed. Runs on Lightning's predict loop (tasks/inference.py): devices=N
+num_nodes=M accelerator=... strategy=... mean what they mean in conf/trainer.
 Options: conf/cli/embed.yaml. The work: tasks/embedding.py.
 """
 
@@ -21,9 +25,10 @@ from tasks.embedding import embed_file
 def main(cfg: DictConfig) -> None:
     try:
         embeddings = embed_file(OmegaConf.to_container(cfg, resolve=True))
-    except DataError as err:  # bad input: its lines name the file and record; no traceback
+    except DataError as err:  # bad input or a corrupt model: its line names the file; no traceback
         raise SystemExit(f"error: {err}") from None
-    print(f"wrote {len(embeddings)} embeddings to {cfg.output}")
+    if embeddings is not None:  # rank 0 (the only process unless devices/num_nodes > 1)
+        print(f"wrote {len(embeddings)} embeddings to {cfg.output}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,11 @@
     python predict.py model=ankh-ss3 input=proteins.fasta output=predictions.csv
     python predict.py model=my-org/ankh-ss3 input=proteins.csv output=predictions.parquet on_invalid=error
 
-Options: conf/cli/predict.yaml. Output columns: tasks/prediction.py.
+    python predict.py model=ankh-ss3 input=proteins.fasta output=predictions.csv devices=4      # 4 GPUs, ddp
+
+Options: conf/cli/predict.yaml. Output columns: tasks/prediction.py. Runs on Lightning's predict loop
+(tasks/inference.py): devices=N num_nodes=M accelerator=... strategy=... mean what they mean in conf/trainer;
+a rerun after a crash predicts only what the shards in <output>.shards/ lack.
 """
 
 from __future__ import annotations
@@ -11,16 +15,16 @@ from __future__ import annotations
 import sys
 
 import hydra
-import torch
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from tasks.data_sources import DataError
+from tasks.inference import TRAINER_KEYS
 from tasks.prediction import predict_file
 
 
 @hydra.main(version_base="1.3", config_path="conf/cli", config_name="predict")
 def main(cfg: DictConfig) -> None:
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     try:
         skipped = predict_file(
             cfg.model,
@@ -31,15 +35,17 @@ def main(cfg: DictConfig) -> None:
             id_column=cfg.id_column,
             sequence_column=cfg.sequence_column,
             max_length=cfg.max_length,
-            device=device,
             precision=cfg.precision,
             progress=cfg.progress,
             report=lambda line: print(f"skipping {line}", file=sys.stderr),
             contact_maps=cfg.contact_maps,
+            save_every=cfg.save_every,
+            **{key: cfg[key] for key in TRAINER_KEYS},
         )
-    except DataError as err:  # bad input: its lines name the file and record; no traceback
+    except DataError as err:  # bad input or a corrupt model: its lines name the file; no traceback
         raise SystemExit(f"error: {err}") from None
-    print(f"wrote {cfg.output}" + (f" ({len(skipped)} invalid record(s) skipped)" if skipped else ""))
+    if rank_zero_only.rank == 0:  # the only process unless devices/num_nodes > 1
+        print(f"wrote {cfg.output}" + (f" ({len(skipped)} invalid record(s) skipped)" if skipped else ""))
 
 
 if __name__ == "__main__":

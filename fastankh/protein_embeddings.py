@@ -83,7 +83,7 @@ def _check_records(records: list[_Record], max_len: int, truncate: bool) -> dict
     return out
 
 
-def _store_metadata(full_embeddings: bool, pooling: str, dtype: torch.dtype, compute: torch.dtype) -> dict[str, str]:
+def store_metadata(full_embeddings: bool, pooling: str, dtype: torch.dtype, compute: torch.dtype) -> dict[str, str]:
     return {
         "format": STORE_FORMAT,
         "output": "per_residue" if full_embeddings else f"pooled_{pooling}",
@@ -92,7 +92,7 @@ def _store_metadata(full_embeddings: bool, pooling: str, dtype: torch.dtype, com
     }
 
 
-def _load_store(path: str, metadata: dict[str, str]) -> dict[str, torch.Tensor]:
+def load_store(path: str, metadata: dict[str, str]) -> dict[str, torch.Tensor]:
     """Embeddings already saved at `path`; refuses a file written with other options."""
     with safe_open(path, framework="pt") as f:
         saved = f.metadata() or {}
@@ -111,7 +111,7 @@ def _load_store(path: str, metadata: dict[str, str]) -> dict[str, torch.Tensor]:
         return {k: f.get_tensor(k) for k in f.keys()}
 
 
-def _save_store(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+def save_store(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     """Write `tensors` to `path` atomically (fastankh.atomic.atomic_path)."""
     with atomic_path(path) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
@@ -124,6 +124,58 @@ def _weights_in(model: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.T
         return {}
     with torch.no_grad():
         return {n: t.to(dtype) if t.is_floating_point() else t for n, t in tensors.items()}
+
+
+def tokenize_residues(tokenizer: PreTrainedTokenizerBase, sequences: list[str], where: list[str]) -> list[list[int]]:
+    """Token ids of each cleaned sequence (prefix, one token per residue, </s>); `where[i]` names sequence i
+    in the error raised when a sequence does not tokenize to one token per character."""
+    prefix = prefix_length(tokenizer)
+    encoded = tokenizer(sequences, add_special_tokens=True)["input_ids"] if sequences else []
+    for seq, ids, name in zip(sequences, encoded, where):
+        if len(ids) != prefix + len(seq) + 1:
+            # e.g. "<extra_id_0>" inside a sequence is one token for many characters.
+            raise ValueError(
+                f"{name}: {len(seq)} characters tokenize to {len(ids) - prefix - 1} "
+                "residue tokens; sequences must hold one character per residue"
+            )
+    return encoded
+
+
+def embed_batch(
+    model: torch.nn.Module,
+    token_ids: list[list[int]],
+    pad_id: int,
+    prefix: int,
+    full_embeddings: bool = False,
+    pooling: str = "mean",
+    dtype: torch.dtype = torch.float32,
+    weights: dict[str, torch.Tensor] | None = None,
+) -> list[torch.Tensor]:
+    """The embeddings of one batch of tokenized sequences (each: `prefix` tokens, residues, </s>), in order:
+    (d_model,) pooled over residues (`pooling` "mean" | "max") or (n_residues, d_model) with
+    `full_embeddings`, on CPU, in `dtype`, each in its own storage. The batch is right-padded to its longest
+    member; `weights` (see _weights_in) replace the model's own for the call (compute precision).
+    The one per-batch routine of embed_dataset and embed.py's Lightning loop (tasks/inference.py)."""
+    device = next(model.parameters()).device
+    width = max(len(ids) for ids in token_ids)
+    input_ids = torch.full((len(token_ids), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros(len(token_ids), width, dtype=torch.long)
+    for row, ids in enumerate(token_ids):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention_mask[row, : len(ids)] = 1
+    with torch.inference_mode():
+        inputs = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
+        output = torch.func.functional_call(model, weights, (), inputs) if weights else model(**inputs)
+    hidden = output.last_hidden_state  # (B, width, d_model)
+    # Outside inference mode (when the caller is), so the results are ordinary tensors a user can train on.
+    results = []
+    for row, ids in enumerate(token_ids):
+        vectors = hidden[row, prefix : len(ids) - 1].float()  # (n_residues, d_model): no prefix, no </s>
+        if not full_embeddings:
+            vectors = vectors.mean(0) if pooling == "mean" else vectors.amax(0)
+        # copy: a view would keep the whole batch alive and share storage between keys.
+        results.append(vectors.to(device="cpu", dtype=dtype, copy=True))
+    return results
 
 
 def embed_dataset(
@@ -173,9 +225,9 @@ def embed_dataset(
 
     device = next(model.parameters()).device
     compute = resolve_precision(precision, device)
-    metadata = _store_metadata(full_embeddings, pooling, dtype, compute)
+    metadata = store_metadata(full_embeddings, pooling, dtype, compute)
     save_path = os.fspath(save_path) if save_path is not None else None
-    store = _load_store(save_path, metadata) if save_path and os.path.exists(save_path) else {}
+    store = load_store(save_path, metadata) if save_path and os.path.exists(save_path) else {}
     for key, tensor in store.items():
         if key in records and full_embeddings and tensor.shape[0] != len(records[key].sequence):
             raise ValueError(
@@ -189,14 +241,7 @@ def embed_dataset(
         if key not in store:
             keys_of.setdefault(r.sequence, []).append(key)
     todo = list(keys_of)
-    encoded = tokenizer(todo, add_special_tokens=True)["input_ids"] if todo else []
-    for seq, ids in zip(todo, encoded):
-        if len(ids) != prefix + len(seq) + 1:
-            # e.g. "<extra_id_0>" inside a sequence is one token for many characters.
-            raise ValueError(
-                f"{records[keys_of[seq][0]].where}: {len(seq)} characters tokenize to {len(ids) - prefix - 1} "
-                "residue tokens; sequences must hold one character per residue"
-            )
+    encoded = tokenize_residues(tokenizer, todo, [records[keys_of[seq][0]].where for seq in todo])
 
     weights = _weights_in(model, compute)
     pad_id = tokenizer.pad_token_id
@@ -205,35 +250,21 @@ def embed_dataset(
     bar = tqdm(total=len(todo), unit="seq", desc="embedding", disable=not progress)
     try:
         for n, batch in enumerate(length_batches([len(ids) for ids in encoded], batch_size, max_tokens), 1):
-            width = len(encoded[batch[0]])
-            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            attention_mask = torch.zeros(len(batch), width, dtype=torch.long)
-            for row, i in enumerate(batch):
-                input_ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
-                attention_mask[row, : len(encoded[i])] = 1
-            with torch.inference_mode():
-                inputs = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
-                output = torch.func.functional_call(model, weights, (), inputs) if weights else model(**inputs)
-            hidden = output.last_hidden_state  # (B, width, d_model)
-            # Outside inference mode, so the results are ordinary tensors a user can train on.
-            for row, i in enumerate(batch):
-                seq = todo[i]
-                vectors = hidden[row, prefix : prefix + len(seq)].float()  # (n_residues, d_model)
-                if not full_embeddings:
-                    vectors = vectors.mean(0) if pooling == "mean" else vectors.amax(0)
-                # copy: a view would keep the whole batch alive and share storage between keys.
-                out = vectors.to(device="cpu", dtype=dtype, copy=True)
-                for j, key in enumerate(keys_of[seq]):
+            vectors = embed_batch(
+                model, [encoded[i] for i in batch], pad_id, prefix, full_embeddings, pooling, dtype, weights
+            )
+            for i, out in zip(batch, vectors):
+                for j, key in enumerate(keys_of[todo[i]]):
                     store[key] = out if j == 0 else out.clone()  # safetensors refuses shared storage
             bar.update(len(batch))
             if save_path and n % save_every == 0:
-                _save_store(save_path, store, metadata)
+                save_store(save_path, store, metadata)
     finally:
         bar.close()
         model.train(was_training)
     if save_path and todo:
-        _save_store(save_path, store, metadata)
+        save_store(save_path, store, metadata)
     return {key: store[key] for key in records}
 
 
-__all__ = ["embed_dataset"]
+__all__ = ["embed_batch", "embed_dataset", "load_store", "save_store", "store_metadata", "tokenize_residues"]

@@ -3,21 +3,41 @@ into a safetensors file, with the reader and sequence rules of training and pred
 
 from __future__ import annotations
 
+import shutil
 from collections import Counter
 from collections.abc import Mapping
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 
-from fastankh import PRESETS, FastAnkhConfig, FastAnkhModel, embed_dataset, load_tokenizer
+from fastankh import PRESETS, FastAnkhConfig, FastAnkhModel, load_tokenizer
+from fastankh.batching import length_batches
+from fastankh.protein_embeddings import (
+    POOLINGS,
+    _check_records,
+    _Record,
+    embed_batch,
+    load_store,
+    save_store,
+    store_metadata,
+    tokenize_residues,
+)
 from fastankh.records import RecordError, read_records
+from fastankh.tokenization import prefix_length
+from tasks import inference
 from tasks.data_sources import DataError
+
+SHARD_SUFFIX = ".safetensors"
 
 
 def load_encoder(name: str, attn_backend: str | None = None) -> FastAnkhModel:
     """The encoder of a preset, a FastANKH/T5 checkpoint (folder or hub id) or an export.py folder (whose
     task head is dropped: the encoder sits under the task model's `model.` prefix)."""
+    inference.check_model_files(name)
     source = FastAnkhConfig.hub_id(name) if name in PRESETS else name
     if source is None:
         raise ValueError(f"preset {name!r} has no pretrained weights; pass a checkpoint folder or hub id")
@@ -27,10 +47,21 @@ def load_encoder(name: str, attn_backend: str | None = None) -> FastAnkhModel:
     return encoder
 
 
-def embed_file(cfg: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """The embeddings of cfg["input"], also written to cfg["output"]; cfg has the keys of conf/cli/embed.yaml."""
+def embed_file(cfg: Mapping[str, Any]) -> dict[str, torch.Tensor] | None:
+    """The embeddings of cfg["input"], also written to cfg["output"]; cfg has the keys of conf/cli/embed.yaml.
+
+    Runs on Lightning's predict loop over `devices` x `num_nodes` processes (tasks/inference.py): the
+    batches of fastankh.embed_dataset's plan, shared out between ranks, each rank's results saved as shards
+    beside the output and merged by rank 0. Records already in the output or in the shards of an interrupted
+    run are not recomputed. Returns {record id: embedding} on rank 0, None on the other ranks."""
     cfg = SimpleNamespace(**cfg)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    if cfg.pooling not in POOLINGS:
+        raise DataError(f"pooling must be one of {POOLINGS}, got {cfg.pooling!r}")
+    if cfg.batch_size < 1 or cfg.save_every < 1:
+        raise DataError("batch_size and save_every must be >= 1")
+    dtype = getattr(torch, str(cfg.dtype), None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise DataError(f"dtype must be float32, float16 or bfloat16, got {cfg.dtype!r}")
     # The reader and sequence rule of training and predict; the first invalid record stops the run.
     try:
         records = read_records(cfg.input, cfg.id_column, cfg.sequence_column)
@@ -39,33 +70,96 @@ def embed_file(cfg: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     bad = next((r for r in records if r.problem is not None), None)
     if bad is not None:
         raise DataError(bad.error)
-    where = {r.id: r.where for r in records}
     repeated = [i for i, n in Counter(r.id for r in records).items() if n > 1]
     if repeated:
         raise DataError(f"{cfg.input}: record id {repeated[0]!r} appears more than once; ids key the output")
-    encoder = load_encoder(cfg.model, cfg.attn_backend).to(device)
     try:
-        return embed_dataset(
-            encoder,
-            {r.id: r.sequence for r in records},
-            tokenizer=load_tokenizer(cfg.model),
-            batch_size=cfg.batch_size,
-            max_len=cfg.max_length,
-            full_embeddings=cfg.full,
-            pooling=cfg.pooling,
-            save_path=cfg.output,
-            dtype=getattr(torch, cfg.dtype),
-            max_tokens=cfg.max_tokens,
-            progress=cfg.progress,
-            truncate=cfg.truncate,
-            save_every=cfg.save_every,
-            precision=cfg.precision,
-        )
-    except ValueError as err:  # a bad record (named) or an output file written with other options
-        message = str(err)
-        for key, location in where.items():  # name the file row, not the dict key embed_dataset saw
-            message = message.replace(f"record {key!r}: ", f"{location}: ", 1)
-        message = message.replace("max_len=", "max_length=").replace(
-            "raise max_len or pass truncate=True", "raise max_length or set truncate=true"
-        )
-        raise DataError(message) from None
+        checked = _check_records([_Record(r.id, r.sequence, r.where) for r in records], cfg.max_length, cfg.truncate)
+    except ValueError as err:
+        raise DataError(_cli_message(str(err))) from None
+
+    trainer = inference.build_trainer(*(getattr(cfg, k) for k in inference.TRAINER_KEYS), progress=cfg.progress)
+    compute = inference.compute_dtype(cfg.precision, trainer)
+    metadata = store_metadata(cfg.full, cfg.pooling, dtype, compute)
+    output, shards = Path(cfg.output), inference.shard_dir(cfg.output)
+    try:  # the output of an earlier run: its records are kept, not recomputed
+        saved = load_store(str(output), metadata) if output.exists() else {}
+    except (ValueError, OSError) as err:
+        raise DataError(str(err)) from None
+    check_saved_lengths(saved, checked, cfg.full, str(output))
+    options = {**metadata, "model": str(cfg.model), "attn_backend": cfg.attn_backend, "truncate": cfg.truncate}
+    inference.check_shard_options(shards, options)
+    done = set(saved) | {key for path in inference.shard_files(shards, SHARD_SUFFIX) for key in _shard_keys(path)}
+
+    inference.check_model_files(cfg.model)
+    try:
+        tokenizer = load_tokenizer(cfg.model)
+    except (ValueError, OSError) as err:
+        raise inference.loading_error(cfg.model, err) from None
+    prefix, pad_id = prefix_length(tokenizer), tokenizer.pad_token_id
+    keys_of: dict[str, list[str]] = {}  # each distinct residue string runs once, whatever its number of ids
+    for key, r in checked.items():
+        if key not in done:
+            keys_of.setdefault(r.sequence, []).append(key)
+    todo = list(keys_of)
+    try:
+        encoded = tokenize_residues(tokenizer, todo, [checked[keys_of[seq][0]].where for seq in todo])
+    except ValueError as err:
+        raise DataError(str(err)) from None
+    items = [(keys_of[seq], ids) for seq, ids in zip(todo, encoded)]
+    batches = length_batches([len(ids) for ids in encoded], cfg.batch_size, cfg.max_tokens)
+
+    def step(model: torch.nn.Module, batch: list[tuple[list[str], list[int]]]) -> list[tuple[str, torch.Tensor]]:
+        vectors = embed_batch(model, [ids for _, ids in batch], pad_id, prefix, cfg.full, cfg.pooling, dtype)
+        return [(key, v if j == 0 else v.clone()) for (keys, _), v in zip(batch, vectors) for j, key in enumerate(keys)]
+
+    def save(results: list[tuple[str, torch.Tensor]], path: Path) -> None:
+        save_file(dict(results), path, metadata=metadata)
+
+    def merge() -> dict[str, torch.Tensor]:
+        store = load_store(str(output), metadata) if output.exists() else {}
+        files = inference.shard_files(shards, SHARD_SUFFIX)
+        for path in files:
+            store.update(load_file(path))
+        missing = [key for key in checked if key not in store]
+        if missing:
+            raise DataError(f"{shards}: {len(missing)} record(s) missing after the run (e.g. {missing[0]!r}); rerun")
+        if files or not output.exists():
+            save_store(str(output), store, metadata)
+        shutil.rmtree(shards, ignore_errors=True)
+        return {key: store[key] for key in checked}
+
+    def load_model() -> FastAnkhModel:
+        try:
+            return load_encoder(cfg.model, cfg.attn_backend)
+        except (ValueError, OSError) as err:
+            raise inference.loading_error(cfg.model, err) from None
+
+    writer = inference.ShardWriter(shards, SHARD_SUFFIX, save, options, cfg.save_every)
+    return inference.run(trainer, writer, merge, load_model, items, batches, step, compute)
+
+
+def _shard_keys(path: Path) -> list[str]:
+    """Record ids in one shard; an unreadable shard counts as absent (its records are recomputed)."""
+    try:
+        with safe_open(path, framework="pt") as f:
+            return list(f.keys())
+    except (SafetensorError, OSError):
+        return []
+
+
+def check_saved_lengths(saved: Mapping[str, torch.Tensor], records, full: bool, path: str) -> None:
+    """Per-residue outputs already saved must have the input's residue count."""
+    for key, tensor in saved.items():
+        if key in records and full and tensor.shape[0] != len(records[key].sequence):
+            raise DataError(
+                f"{records[key].where}: {path} holds {tensor.shape[0]} residues for it, the input has "
+                f"{len(records[key].sequence)}"
+            )
+
+
+def _cli_message(message: str) -> str:
+    """embed_dataset's wording of a length error, in embed.py's option names."""
+    return message.replace("max_len=", "max_length=").replace(
+        "raise max_len or pass truncate=True", "raise max_length or set truncate=true"
+    )

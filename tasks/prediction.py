@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -41,6 +42,7 @@ from fastankh.precision import resolve_precision
 from fastankh.records import Record, RecordError
 from fastankh.records import read_records as _read_records
 from fastankh.tokenization import prefix_length
+from tasks import inference
 from tasks.data_sources import DataError
 from tasks.kinds import TASK_KINDS, kind_of_model
 from tasks.outputs import atomic_path
@@ -101,20 +103,25 @@ def load_task_model(name_or_path: str | os.PathLike, device: str | torch.device 
     their base (`config.base_model_name_or_path`). The model is in eval mode on `device`, its weights in the
     dtype `precision` computes in there ("auto" | "32" | "bf16", fastankh/precision.py)."""
     name = os.fspath(name_or_path)
-    config = AutoConfig.from_pretrained(name)
-    kind = task_kind(config)
-    model_class = TASK_KINDS[kind].model_class  # what AutoModelFor*Classification gives for fastankh's config
-    adapter = _repo_file(name, "adapter_config.json")
-    if adapter is not None:
-        from peft import PeftModel
+    inference.check_model_files(name)  # a corrupt config, weights or tokenizer file: one line naming it
+    try:
+        config = AutoConfig.from_pretrained(name)
+        kind = task_kind(config)
+        model_class = TASK_KINDS[kind].model_class  # what AutoModelFor*Classification gives for fastankh's config
+        adapter = _repo_file(name, "adapter_config.json")
+        if adapter is not None:
+            from peft import PeftModel
 
-        with open(adapter) as f:
-            base = json.load(f)["base_model_name_or_path"]
-        model = PeftModel.from_pretrained(model_class.from_pretrained(base, config=config), name)
-    else:
-        model = model_class.from_pretrained(name)
+            with open(adapter) as f:
+                base = json.load(f)["base_model_name_or_path"]
+            model = PeftModel.from_pretrained(model_class.from_pretrained(base, config=config), name)
+        else:
+            model = model_class.from_pretrained(name)
+        tokenizer = load_tokenizer(name)
+    except (OSError, ValueError, KeyError) as err:
+        raise inference.loading_error(name, err) from None
     dtype = resolve_precision(precision, device)
-    return model.to(device=device, dtype=dtype).eval(), load_tokenizer(name), kind
+    return model.to(device=device, dtype=dtype).eval(), tokenizer, kind
 
 
 def _fmt(values: torch.Tensor) -> str:
@@ -181,18 +188,32 @@ def predict_records(
 ) -> list[dict]:
     """Output rows (see the module docstring) for `records`, in their order; batches are length-sorted.
     Pair kind: with `maps`, each record's (L, L) contact probability map is stored there under its id."""
-    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    prefix, device = prefix_length(tokenizer), next(model.parameters()).device
     rows: list[dict | None] = [None] * len(records)
     with tqdm(total=len(records), unit="seq", desc="predicting", disable=not progress) as bar:
-        # longest first, like training and embed_dataset: least padding
-        for chunk in length_batches([len(r.sequence) for r in records], batch_size):
-            batch = tokenizer([records[i].sequence for i in chunk], padding=True, return_tensors="pt").to(device)
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            for i, row in zip(chunk, _rows(kind, labels, logits, [records[i] for i in chunk], prefix, maps)):
+        for chunk in batch_plan(records, batch_size):
+            for i, row in zip(chunk, predict_batch(model, tokenizer, kind, [records[i] for i in chunk], maps)):
                 rows[i] = row
             bar.update(len(chunk))
     return rows
+
+
+def batch_plan(records: Sequence[Record], batch_size: int) -> list[list[int]]:
+    """Indices of `records` in batches, longest first (fastankh.batching.length_batches, as training and
+    embed_dataset: least padding)."""
+    return length_batches([len(r.sequence) for r in records], batch_size)
+
+
+@torch.inference_mode()
+def predict_batch(
+    model, tokenizer, kind: str, records: Sequence[Record], maps: dict[str, np.ndarray] | None = None
+) -> list[dict]:
+    """Output rows of one batch of records (padded to its longest); the one per-batch routine of
+    predict_records and predict.py's Lightning loop (tasks/inference.py)."""
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    device = next(model.parameters()).device
+    batch = tokenizer([r.sequence for r in records], padding=True, return_tensors="pt").to(device)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return _rows(kind, labels, logits, list(records), prefix_length(tokenizer), maps)
 
 
 def write_table(rows: list[dict], path: str | os.PathLike) -> None:
@@ -220,25 +241,34 @@ def predict_file(
     id_column: str = "id",
     sequence_column: str = "sequence",
     max_length: int | None = None,
-    device: str = "cpu",
+    accelerator: str = "auto",
     precision: str = "auto",
     progress: bool = True,
     report: Callable[[str], None] | None = None,
     contact_maps: str | os.PathLike | None = None,
+    devices: int | str = 1,
+    num_nodes: int = 1,
+    strategy: str = "auto",
+    save_every: int = 100,
 ) -> list[str]:
     """Predict every valid record of `input` into `output`; returns the problem lines of skipped records.
+
+    Runs on Lightning's predict loop over `devices` x `num_nodes` processes (`accelerator`, `strategy`: as
+    in conf/trainer; tasks/inference.py): each rank predicts its share of the length-sorted batches and saves
+    its rows every `save_every` batches as shards in `<output>.shards/`; rank 0 writes the table in input
+    order and removes the shards. A rerun after a crash predicts only the records the shards lack.
 
     `contact_maps` (residue_pair_classification models): also write each record's (L, L) contact probability
     map to this .npz, keyed by record id (ids must then be unique).
 
     `precision`: the dtype the model computes in (see load_task_model); `auto` is bf16 on hardware with native
     bf16 matmuls. Bad input raises DataError before the model is loaded (on_invalid="error": one line per invalid
-    record); on_invalid="skip" passes each line to `report` before any prediction and predicts the rest.
+    record); on_invalid="skip" passes each line to `report` (rank 0) before any prediction and predicts the rest.
     """
     if on_invalid not in ON_INVALID:
         raise DataError(f"on_invalid must be one of {ON_INVALID}, got {on_invalid!r}")
     try:  # a bad precision (e.g. fp16) stops before any work
-        resolve_precision(precision, device)
+        resolve_precision(precision, "cpu")
     except ValueError as err:
         raise DataError(str(err)) from None
     if Path(output).suffix.lower() not in OUTPUT_SUFFIXES:
@@ -249,24 +279,83 @@ def predict_file(
     valid, problems = check_records(records, os.fspath(input), max_length)
     if problems and on_invalid == "error":
         raise DataError("\n".join(problems))
-    if report is not None:
+    trainer = inference.build_trainer(accelerator, devices, num_nodes, strategy, progress=progress)
+    if report is not None and trainer.is_global_zero:
         for line in problems:
             report(line)
     if not valid:
         raise DataError(f"{input}: no valid records to predict")
+    todo_records = [records[i] for i in valid]
     if contact_maps is not None:
-        twice = sorted(k for k, count in Counter(records[i].id for i in valid).items() if count > 1)
+        twice = sorted(k for k, count in Counter(r.id for r in todo_records).items() if count > 1)
         if twice:
             raise DataError(f"{input}: contact_maps are keyed by record id; id(s) used twice: {', '.join(twice)}")
-    task_model, tokenizer, kind = load_task_model(model, device, precision)
+    compute = inference.compute_dtype(precision, trainer)
+    task_model, tokenizer, kind = load_task_model(model, "cpu", "32")  # cast to `compute` on its device
     if contact_maps is not None and kind != "residue_pair_classification":
         raise DataError(f"contact_maps needs a residue_pair_classification model; {model} is {kind}")
-    maps: dict[str, np.ndarray] | None = {} if contact_maps is not None else None
-    rows = predict_records(task_model, tokenizer, kind, [records[i] for i in valid], batch_size, progress, maps)
-    write_table(rows, output)
-    if maps is not None:
-        write_maps(maps, contact_maps)
-    return problems
+    with_maps = contact_maps is not None
+    shards = inference.shard_dir(output)
+    options = {"model": os.fspath(model), "compute": str(compute).removeprefix("torch."), "contact_maps": with_maps}
+    inference.check_shard_options(shards, options)
+    done = {i for path in inference.shard_files(shards, SHARD_SUFFIX) for i, _, _ in _read_shard(path, todo_records)}
+    todo = [i for i in range(len(todo_records)) if i not in done]
+    batches = [[todo[j] for j in chunk] for chunk in batch_plan([todo_records[i] for i in todo], batch_size)]
+
+    def step(model: torch.nn.Module, batch: list[int]) -> list[tuple[int, dict, np.ndarray | None]]:
+        maps: dict[str, np.ndarray] | None = {} if with_maps else None
+        rows = predict_batch(model, tokenizer, kind, [todo_records[i] for i in batch], maps)
+        return [(i, row, maps[row["id"]] if maps is not None else None) for i, row in zip(batch, rows)]
+
+    def merge() -> list[str]:
+        rows: dict[int, dict] = {}
+        maps: dict[str, np.ndarray] = {}
+        for path in inference.shard_files(shards, SHARD_SUFFIX):
+            for i, row, probability_map in _read_shard(path, todo_records):
+                rows[i] = row
+                if probability_map is not None:
+                    maps[row["id"]] = probability_map
+        missing = [todo_records[i].id for i in range(len(todo_records)) if i not in rows]
+        if missing:
+            raise DataError(f"{shards}: {len(missing)} record(s) missing after the run (e.g. {missing[0]!r}); rerun")
+        write_table([rows[i] for i in range(len(todo_records))], output)
+        if with_maps:
+            write_maps(maps, contact_maps)
+        shutil.rmtree(shards, ignore_errors=True)
+        return problems
+
+    writer = inference.ShardWriter(shards, SHARD_SUFFIX, _write_shard, options, save_every)
+    result = inference.run(trainer, writer, merge, lambda: task_model, range(len(todo_records)), batches, step, compute)
+    return problems if result is None else result
+
+
+SHARD_SUFFIX = ".npz"
+
+
+def _write_shard(results: list[tuple[int, dict, np.ndarray | None]], path: Path) -> None:
+    """One shard of predict.py: the rows (JSON, with their index among the valid records) and contact maps."""
+    rows = [{"index": i, "row": row} for i, row, _ in results]
+    arrays = {"rows": np.frombuffer(json.dumps(rows).encode(), dtype=np.uint8)}
+    arrays.update({f"map_{j}": m for j, (_, _, m) in enumerate(results) if m is not None})
+    with open(path, "wb") as f:  # a file object: numpy adds no suffix
+        np.savez(f, **arrays)
+
+
+def _read_shard(path: Path, records: Sequence[Record]) -> list[tuple[int, dict, np.ndarray | None]]:
+    """(index, row, contact map or None) of a shard's rows that still match the input (same index, id and
+    sequence); an unreadable shard counts as absent (its records are predicted again)."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            rows = json.loads(f["rows"].tobytes().decode())
+            maps = {name: f[name] for name in f.files if name.startswith("map_")}
+    except (OSError, ValueError, KeyError):
+        return []
+    out = []
+    for j, entry in enumerate(rows):
+        i, row = entry["index"], entry["row"]
+        if i < len(records) and records[i].id == row["id"] and records[i].sequence == row["sequence"]:
+            out.append((i, row, maps.get(f"map_{j}")))
+    return out
 
 
 __all__ = [
@@ -274,6 +363,7 @@ __all__ = [
     "read_records",
     "check_records",
     "load_task_model",
+    "predict_batch",
     "predict_records",
     "predict_file",
     "ranked_contacts",

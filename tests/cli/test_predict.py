@@ -67,7 +67,7 @@ def test_fasta_rows_in_input_order_and_invalid_record_reported(models, fasta_rec
             f"output={tmp_path / 'out.csv'}",
             "batch_size=8",
             "progress=false",
-            "device=cpu",
+            "accelerator=cpu",
         ],
     )
     assert "in.fasta: row 21 (id bad_record): unknown residue letter(s) 'J'" in capsys.readouterr().err
@@ -205,7 +205,7 @@ def test_predict_columns_and_values_are_the_models_outputs(kind, kind_models, tm
             f"output={tmp_path / 'out.csv'}",
             "batch_size=4",
             "progress=false",
-            "device=cpu",
+            "accelerator=cpu",
         ],
     )
     out = pd.read_csv(tmp_path / "out.csv", keep_default_na=False)
