@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from fastankh.records import STANDARD_RESIDUES
 from fastankh.tokenization import prefix_length
 
-from .data_batching import BucketBatchSampler, Collator, EpochTaggedDataset, SeededSampler
+from .data_batching import BucketBatchSampler, Collator, EpochTaggedDataset, ResumableDataLoader, SeededSampler
 from .data_encoding import encode
 from .data_sources import DataError, Table, carve, local_path, partition, read_source, split_name
 from .spec import TaskSpec
@@ -180,7 +180,9 @@ class TaskDataModule(L.LightningDataModule):
         )
         if tag_epoch:
             dataset = EpochTaggedDataset(dataset)
-        return DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate, num_workers=self.num_workers)
+        # training: a loader whose place in the epoch is checkpointed (mid-epoch resume replays the rest exactly)
+        loader = ResumableDataLoader if shuffle else DataLoader
+        return loader(dataset, batch_sampler=batch_sampler, collate_fn=collate, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

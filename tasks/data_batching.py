@@ -11,6 +11,9 @@ Batches are planned lazily, on the first `next()`: Lightning may create the load
 calls `set_epoch` (it does when resuming). With `tag_epoch`, each index is yielded as (index, epoch) and
 `EpochTaggedDataset` hands the epoch to the collator inside the sample, so masked-LM masks and crop windows
 follow the epoch even in DataLoader workers, which are started before the epoch is known.
+Mid-epoch resume: the training loader is a `ResumableDataLoader`, whose position in the epoch (epoch, batches
+handed to the training loop) Lightning saves in every checkpoint and hands back on resume; the batch sampler
+then skips the batches already trained on, so the rest of the epoch is replayed exactly.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, Dataset, DistributedSampler, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler
 
 from fastankh.batching import length_batches
 
@@ -74,9 +77,20 @@ class BucketBatchSampler(BatchSampler):
                 "raise data.max_tokens or lower task.data.max_length"
             )
         self._cache: tuple[tuple, list[list[int]]] | None = None
+        self._resume: tuple[int, int] | None = None  # (epoch, batches to skip) of a mid-epoch resume
+        self.skipped = 0  # batches skipped at the start of the current iteration
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
+
+    @property
+    def epoch(self) -> int:
+        return getattr(self.sampler, "epoch", 0)
+
+    def resume_at(self, epoch: int, batches: int) -> None:
+        """Skip the first `batches` batches the next time epoch `epoch` is iterated (once; another epoch
+        iterated first cancels it)."""
+        self._resume = (epoch, batches)
 
     def _plan(self) -> tuple[np.ndarray, bool, int, int, int, int]:
         """(global order, shuffle, seed, epoch, rank, world size) for the current epoch."""
@@ -124,15 +138,61 @@ class BucketBatchSampler(BatchSampler):
 
     def __iter__(self) -> Iterator[list[int]] | Iterator[list[tuple[int, int]]]:
         batches = self.batches()  # a generator body: runs on the first next(), after set_epoch
+        _, _, epoch, *_ = self._cache[0]  # the planning key of these batches
+        self.skipped = 0
+        if self._resume is not None:
+            if self._resume[0] == epoch:
+                self.skipped = min(self._resume[1], len(batches))
+            self._resume = None
+        batches = batches[self.skipped :]
         if not self.tag_epoch:
             yield from batches
             return
-        _, _, epoch, *_ = self._cache[0]  # the planning key of these batches
         for batch in batches:
             yield [(i, epoch) for i in batch]
 
     def __len__(self) -> int:
         return len(self.batches())
+
+
+class _Counting:
+    """An iterator over a loader's batches that counts those handed out (on the consumer's side, so batches
+    prefetched by workers are not counted)."""
+
+    def __init__(self, loader: ResumableDataLoader, iterator: Iterator):
+        self.loader, self.iterator = loader, iterator
+
+    def __iter__(self) -> _Counting:
+        return self
+
+    def __next__(self) -> Any:
+        batch = next(self.iterator)
+        self.loader.consumed += 1
+        return batch
+
+    def __len__(self) -> int:
+        return len(self.iterator)
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader over a `BucketBatchSampler` whose place in the epoch goes into checkpoints: Lightning saves
+    `state_dict()` (epoch, batches handed to the training loop) with every checkpoint of a stateful training
+    loader and calls `load_state_dict` when it resumes mid-epoch; the sampler then skips those batches."""
+
+    consumed = 0
+
+    def __iter__(self) -> Iterator:
+        self.consumed = 0
+        return _Counting(self, super().__iter__())
+
+    def state_dict(self) -> dict[str, int]:
+        sampler = self.batch_sampler
+        return {"epoch": int(sampler.epoch), "batches": int(sampler.skipped + self.consumed)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        # set_epoch too: Lightning creates the iterator (and workers plan batches) before it sets the epoch
+        self.batch_sampler.set_epoch(state["epoch"])
+        self.batch_sampler.resume_at(state["epoch"], state["batches"])
 
 
 class EpochTaggedDataset(Dataset):

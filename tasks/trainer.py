@@ -2,9 +2,13 @@
 what makes a run resumable and trackable:
 
 - checkpoints are written to a temp file in their own folder and renamed into place (`AtomicCheckpointIO`);
-- every epoch's RNG is seeded from (seed, epoch, rank) (`EpochSeed`), so a run resumed from an epoch-end
-  checkpoint trains exactly like an uninterrupted one;
-- `ckpt_path=last` finds the newest checkpoints/last.ckpt of this run directory or a sibling one;
+- every training batch's RNG is seeded from (seed, epoch, batch, rank) (`EpochSeed`), so a run resumed from a
+  checkpoint (epoch end or mid-epoch) trains exactly like an uninterrupted one;
+- `ckpt_path=last` finds the newest readable checkpoint of this run directory or a sibling one, skipping
+  truncated or corrupt files with a one-line warning (`checkpoint_problem`); an explicit bad path is a
+  `CheckpointError` naming the newest readable one; checkpoints load with `weights_only=True`;
+- a NaN/inf training loss stops the run before its backward pass, naming the step and the batch's record ids
+  (`StopOnNonFiniteLoss`), so no checkpoint of the broken state is written;
 - a wandb run keeps one id, stored in the run directory (`wandb_run_id`) and reused on resume; the resolved
   config and the test metrics table go to every logger that takes them.
 """
@@ -13,9 +17,11 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import random
 import secrets
 import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -23,6 +29,7 @@ import lightning as L
 import numpy as np
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
@@ -31,6 +38,18 @@ from omegaconf import DictConfig, OmegaConf
 from tasks.outputs import atomic_path, write_text_atomic
 
 WANDB_ID_FILE = "wandb_run_id"
+SHARDED_META = "meta.pt"  # the metadata file of a sharded (FSDP) checkpoint folder, as Lightning names it
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed from: one line naming the file, why, and what to use instead."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """A NaN or infinite training loss: one line naming the step and the record ids of the batch."""
+
 
 # Third-party console lines that say nothing about this run (each matched by a piece of its text).
 LIGHTNING_NOISE = (
@@ -99,43 +118,208 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class EpochSeed(L.Callback):
-    """Seeds torch, numpy and random from (seed, epoch, rank) at the first training batch of every epoch.
+    """Seeds torch, numpy and random from (seed, epoch, batch index, rank) before every training batch.
 
-    Lightning does not checkpoint RNG states, and the first epoch after a resume starts from a different
-    RNG history; seeding per epoch makes dropout in epoch e the same in both cases.
+    Lightning does not checkpoint RNG states, and a resumed run starts from a different RNG history; seeding
+    per batch makes dropout in batch b of epoch e the same in an uninterrupted run and in one resumed from any
+    checkpoint, mid-epoch ones included (torch.manual_seed costs microseconds).
     """
 
     def __init__(self, seed: int):
         self.seed = seed
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
-        if batch_idx == 0:
-            key = [self.seed, trainer.current_epoch, trainer.global_rank]
-            value = int(np.random.SeedSequence(key).generate_state(1)[0])
-            torch.manual_seed(value)
-            np.random.seed(value)
-            random.seed(value)
+        key = [self.seed, trainer.current_epoch, batch_idx, trainer.global_rank]
+        value = int(np.random.SeedSequence(key).generate_state(1)[0])
+        torch.manual_seed(value)
+        np.random.seed(value)
+        random.seed(value)
+
+
+class MidEpochCheckpoint(ModelCheckpoint):
+    """last.ckpt every `every_n_train_steps` optimizer steps (0: never), for epochs too long to lose; nothing at
+    epoch or training end (the task's ModelCheckpoint writes those). The training loader's place in the epoch is
+    in the checkpoint (tasks/data_batching.py ResumableDataLoader), so a resume replays the rest of the epoch."""
+
+    def __init__(self, dirpath: str | os.PathLike | None = None, every_n_train_steps: int = 0):
+        super().__init__(
+            dirpath=dirpath,
+            every_n_train_steps=every_n_train_steps,
+            every_n_epochs=0,
+            save_top_k=0,
+            save_last=True,
+            enable_version_counter=False,  # one last.ckpt, shared with the task's ModelCheckpoint (no last-v1.ckpt)
+        )
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pass
+
+
+class RestoreLoaderPosition(L.Callback):
+    """Hands a mid-epoch checkpoint's training-loader position to the loader (tasks/data_batching.py
+    ResumableDataLoader), so the resumed epoch skips the batches already trained on.
+
+    Lightning passes it only if it builds the train loader after restoring the checkpoint; a learning-rate
+    schedule asks `trainer.estimated_stepping_batches` in configure_optimizers, which builds the loader first,
+    and the position would be dropped (the epoch would restart from its first batch). on_train_start runs after
+    both; the loader's iterator is then made again, so worker processes plan from the restored position.
+    """
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        loop = trainer.fit_loop
+        if not (loop.restarting and loop._combined_loader_states_to_load and loop._combined_loader is not None):
+            return
+        loop._load_combined_loader_states()
+        if loop._data_fetcher is not None:
+            iter(loop._data_fetcher)
+
+
+class StopOnNonFiniteLoss(L.Callback):
+    """Raises NonFiniteLossError at the first NaN/inf training loss, before its backward pass and optimizer step:
+    the weights stay those of the previous step and no checkpoint of a broken state is written (the last good
+    one stays). The message names the global step, the epoch and batch, and the record ids of the batch
+    (batches carry `ids`, tasks/spec.py). Under DDP every rank stops at the same step."""
+
+    MAX_IDS = 50
+
+    def __init__(self):
+        self._ids: list[str] | None = None
+        self._batch_idx = 0
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        self._ids = list(batch["ids"]) if isinstance(batch, Mapping) and "ids" in batch else None
+        self._batch_idx = batch_idx
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
+        bad = not bool(torch.isfinite(loss.detach()).all())
+        if trainer.world_size > 1:
+            bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if not bad:
+            return
+        ids = self._ids or []
+        shown = ", ".join(map(str, ids[: self.MAX_IDS])) + (
+            f", ... ({len(ids) - self.MAX_IDS} more)" if len(ids) > self.MAX_IDS else ""
+        )
+        value = loss.detach().float().flatten()[0].item() if loss.numel() else float("nan")
+        kept = last_good_checkpoint(trainer)
+        raise NonFiniteLossError(
+            f"non-finite training loss ({value}) at step {trainer.global_step} (epoch {trainer.current_epoch}, "
+            f"batch {self._batch_idx}), records: {shown or 'unknown (this rank had a finite loss)'}; "
+            + (f"the last good checkpoint is {kept}" if kept else "no checkpoint was written before it")
+            + " (lower optim.lr or set trainer.gradient_clip_val, then resume with ckpt_path=last)"
+        )
+
+
+def last_good_checkpoint(trainer: L.Trainer) -> str | None:
+    """The newest checkpoint this run wrote (any ModelCheckpoint's last or best file), None if none."""
+    paths = [
+        Path(p)
+        for cb in trainer.checkpoint_callbacks
+        for p in (getattr(cb, "last_model_path", ""), getattr(cb, "best_model_path", ""))
+        if p and Path(p).exists()
+    ]
+    return str(max(paths, key=os.path.getmtime)) if paths else None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def checkpoint_problem(path: str | os.PathLike) -> str | None:
+    """Why `path` cannot be resumed from (one line), or None when it is a readable checkpoint.
+
+    Readable: every record of the checkpoint's zip archive matches its CRC (a truncated or corrupt file fails
+    here, in one sequential read) and `torch.load(weights_only=True)` unpickles it (memory-mapped: the tensors
+    are not read). A folder (sharded FSDP checkpoint) is readable when its meta.pt is. A file that only full
+    unpickling can load is refused: unpickling runs code stored in the file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        meta = path / SHARDED_META
+        if not meta.is_file():
+            return f"a folder without {SHARDED_META}: not a sharded checkpoint"
+        problem = checkpoint_problem(meta)
+        return None if problem is None else f"{SHARDED_META}: {problem}"
+    if not path.is_file():
+        return "no such file"
+    if path.stat().st_size == 0:
+        return "empty file"
+    try:
+        zipped = zipfile.is_zipfile(path)
+        if zipped:
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+            if bad is not None:
+                return f"corrupt: record {bad} fails its CRC check"
+        torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
+    except pickle.UnpicklingError as err:
+        if "Unsupported global" in str(err) or "not an allowed global" in str(err):
+            return (
+                "it needs full unpickling (torch.load weights_only=False), which can run code stored in the file; "
+                "only checkpoints of tensors and plain values are loaded"
+            )
+        return f"unreadable ({_first_line(err)})"
+    except Exception as err:  # truncated zip, not a checkpoint at all, ...
+        return f"unreadable, truncated or not a checkpoint ({_first_line(err)})"
+    return None
+
+
+def run_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """A run directory's checkpoints in resume order: checkpoints/last.ckpt, then the others newest first."""
+    folder = Path(run_dir) / "checkpoints"
+    last = folder / "last.ckpt"
+    others = [p for p in folder.glob("*.ckpt") if p.name != "last.ckpt"]
+    return ([last] if last.exists() else []) + sorted(others, key=os.path.getmtime, reverse=True)
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | os.PathLike) -> str | None:
-    """The checkpoint to resume from: an explicit path, or for "last" this run directory's
-    checkpoints/last.ckpt, else the newest one of its sibling runs (outputs/<task>/runs/*)."""
+    """The checkpoint to resume from.
+
+    An explicit path must be a readable checkpoint (`checkpoint_problem`); a bad one is a CheckpointError
+    naming the newest readable checkpoint of its run. "last": this run directory's checkpoints (last.ckpt, then
+    the others newest first; see `run_checkpoints`), else those of its sibling runs (outputs/<task>/runs/*),
+    newest run first; an unreadable file is skipped with a one-line warning.
+    """
     if ckpt_path is None:
         return None
     if ckpt_path != "last":
-        if not Path(ckpt_path).is_file():
+        path = Path(ckpt_path)
+        if not path.exists():
             raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
-        return str(ckpt_path)
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return str(ckpt_path)
+        others = [p for p in run_checkpoints(path.resolve().parent.parent) if p.resolve() != path.resolve()]
+        good = next((p for p in others if checkpoint_problem(p) is None), None)
+        hint = (
+            f"the newest readable checkpoint of its run is {good}"
+            if good
+            else "its run has no other readable checkpoint"
+        )
+        raise CheckpointError(f"ckpt_path={ckpt_path}: {problem}; {hint}")
     output_dir = Path(output_dir)
-    own = output_dir / "checkpoints" / "last.ckpt"
-    siblings = sorted(output_dir.parent.glob("*/checkpoints/last.ckpt"), key=os.path.getmtime)
-    candidates = [own] if own.is_file() else siblings
+    own = run_checkpoints(output_dir)
+    if own:
+        candidates = own
+    else:
+        siblings = [run_checkpoints(d) for d in output_dir.parent.iterdir() if d.is_dir() and d != output_dir]
+        siblings = sorted((c for c in siblings if c), key=lambda c: max(map(os.path.getmtime, c)), reverse=True)
+        candidates = [p for run in siblings for p in run]
     if not candidates:
         raise FileNotFoundError(
             f"ckpt_path=last: no checkpoints/last.ckpt in {output_dir} or its sibling runs ({output_dir.parent}/*); "
             "pass ckpt_path=PATH/TO/last.ckpt"
         )
-    return str(candidates[-1])
+    for path in candidates:
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return str(path)
+        log.warning(f"ckpt_path=last: skipping {path}: {problem}")
+    raise CheckpointError(
+        f"ckpt_path=last: no readable checkpoint among {len(candidates)} in {output_dir.parent} "
+        f"(newest: {candidates[0]}: {checkpoint_problem(candidates[0])})"
+    )
 
 
 def wandb_run_id(output_dir: str | os.PathLike, ckpt_path: str | None) -> str:
@@ -171,7 +355,8 @@ def build_loggers(cfg: DictConfig, ckpt_path: str | None = None) -> list:
 
 def build_trainer(cfg: DictConfig, ckpt_path: str | None = None) -> L.Trainer:
     """Trainer from cfg.trainer with the callbacks and loggers of cfg.callbacks / cfg.logger, atomic
-    checkpoint writes and per-epoch seeding; `ckpt_path` is the checkpoint the run resumes from, if any."""
+    checkpoint writes, per-batch seeding and the non-finite loss stop; `ckpt_path` is the checkpoint the run
+    resumes from, if any."""
     precision = str(cfg.trainer.get("precision"))
     if precision.startswith("16") or precision in ("fp16", "half"):
         # Lightning would silently turn it into bf16-mixed on CPU and run it on GPU, where T5 overflows.
@@ -179,7 +364,11 @@ def build_trainer(cfg: DictConfig, ckpt_path: str | None = None) -> L.Trainer:
             f"error: model.precision={precision}: T5 models such as ANKH overflow in fp16 (NaN losses); "
             "use model.precision=bf16-mixed (or 32-true)"
         )
-    callbacks = _instantiate_all(cfg.get("callbacks")) + [EpochSeed(cfg.seed)]
+    callbacks = _instantiate_all(cfg.get("callbacks")) + [
+        EpochSeed(cfg.seed),
+        RestoreLoaderPosition(),
+        StopOnNonFiniteLoss(),
+    ]
     loggers = build_loggers(cfg, ckpt_path)
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
 

@@ -37,6 +37,8 @@ def train(cfg: DictConfig) -> TrainResult:
     from tasks.outputs import print_metrics, save_backbone, write_config, write_metrics
     from tasks.spec import TaskSpec
     from tasks.trainer import (
+        CheckpointError,
+        NonFiniteLossError,
         best_checkpoint,
         build_trainer,
         finish_loggers,
@@ -52,7 +54,10 @@ def train(cfg: DictConfig) -> TrainResult:
     L.seed_everything(cfg.seed, workers=True)
     out = Path(cfg.paths.output_dir)
     write_config(cfg, out / "config.yaml")
-    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, out)  # "last": newest last.ckpt of this or a sibling run
+    try:  # "last": the newest readable checkpoint of this or a sibling run; a bad explicit path: one line
+        ckpt_path = resolve_ckpt_path(cfg.ckpt_path, out)
+    except (FileNotFoundError, CheckpointError) as err:
+        raise SystemExit(f"error: {err}") from None
     task = TaskSpec.from_config(cfg.task)
     tokenizer = load_tokenizer(tokenizer_source(cfg.model))
     data = TaskDataModule(task, tokenizer, seed=cfg.seed, **cfg.data)
@@ -71,10 +76,14 @@ def train(cfg: DictConfig) -> TrainResult:
     )
     trainer = build_trainer(cfg, ckpt_path)
     log_config(trainer, cfg)
-    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    try:  # checkpoints hold tensors and plain values only: never unpickle code
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
+    except NonFiniteLossError as err:  # the run stops at the broken step; its last good checkpoint stays
+        finish_loggers(trainer)
+        raise SystemExit(f"error: {err}") from None
     score = sweep_score(trainer, cfg.optimized_metric)
     best = best_checkpoint(trainer)
-    trainer.test(module, datamodule=data, ckpt_path=best, verbose=False)
+    trainer.test(module, datamodule=data, ckpt_path=best, verbose=False, weights_only=True)
     print_metrics(module.test_results)
     write_metrics(module.test_results, out / "test_metrics.json")
     log_test_tables(trainer, module.test_results)
