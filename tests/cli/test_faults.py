@@ -4,7 +4,6 @@ a process killed while writing a checkpoint, an export or an embeddings file."""
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil
