@@ -71,7 +71,8 @@ def load_run(checkpoint: str | os.PathLike, run_dir: str | os.PathLike | None = 
     config_file, metrics_file = run_dir / "config.yaml", run_dir / "test_metrics.json"
     config = OmegaConf.to_container(OmegaConf.load(config_file), resolve=True) if config_file.is_file() else None
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
-    module = FineTuneModule.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    # a lean checkpoint (frozen base) is completed from the base it names, if that is unchanged
+    module = FineTuneModule.load_checkpoint_file(checkpoint, map_location="cpu").eval()
     if module.task.kind == "masked_lm":
         raise ValueError(
             f"{checkpoint}: task kind masked_lm has no classification head to export; train.py saved the "

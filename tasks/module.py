@@ -12,7 +12,9 @@ Gradient clipping, accumulation and precision are Trainer settings.
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Mapping
+from contextvars import ContextVar
 from typing import Any
 
 import lightning as L
@@ -23,10 +25,27 @@ from transformers import PreTrainedModel, get_scheduler
 
 from fastankh import FastAnkhConfig, FastAnkhForMaskedLM, FastAnkhModel
 from fastankh.modeling_tasks import counted_pairs
+from tasks.backbone import current_checksum, load_backbone
 from tasks.finetune import apply_finetune
 from tasks.kinds import TASK_KINDS, head_choice, task_model_config
 from tasks.metrics import TaskMetrics
 from tasks.spec import IGNORE_INDEX, TaskSpec
+
+LOADING_FROM: ContextVar[str | None] = ContextVar("LOADING_FROM", default=None)  # checkpoint being loaded
+
+
+class BaseChangedError(SystemExit):
+    """A lean checkpoint's base weights changed or are gone. A SystemExit: the command line prints the one line
+    `error: ...` and exits 1; Python callers can catch it by this class."""
+
+    def __init__(self, checkpoint: str, base: Mapping[str, Any], now: str | None, own: Mapping[str, Any] | None):
+        trained = base["source"] + (f"@{base['revision']}" if base.get("revision") else "")
+        where = f"model.path={own['source']}" if own and own.get("revision") is None else (own or base)["source"]
+        holds = f"now holds {now}" if now else "no longer holds its weights"
+        super().__init__(
+            f"error: checkpoint {checkpoint} was trained on base {trained} (checksum {base['checksum']}) "
+            f"but {where} {holds}; restore that base or train again"
+        )
 
 
 class FineTuneModule(L.LightningModule):
@@ -50,9 +69,13 @@ class FineTuneModule(L.LightningModule):
         non_residue_token_ids: list[int] | None = None,
         label_mean: float | None = None,
         gradient_checkpointing: bool = False,
+        base: dict[str, Any] | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["backbone"])
+        if backbone is not None:  # tasks.backbone.load_backbone's reference to the weights (None: random init)
+            self.hparams.base = getattr(backbone, "fastankh_base", None)
+        self._built_from_base = backbone is not None
         self.task = TaskSpec.from_config(dict(task))
         self.kind = TASK_KINDS[self.task.kind]
         model = self._build_model(backbone, model_config, head, non_residue_token_ids, label_mean)
@@ -61,6 +84,10 @@ class FineTuneModule(L.LightningModule):
             # Non-reentrant: works when the encoder input does not require grad (frozen embeddings, LoRA).
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model, self.param_counts = apply_finetune(model, self.kind.head_attribute, finetune)
+        # state-dict key -> key in the base encoder's state dict, for every frozen base tensor (lean checkpoints)
+        self._base_keys = self._frozen_base_keys() if self.hparams.base and finetune["mode"] != "full" else {}
+        if self._base_keys:
+            self.strict_loading = False  # the base keys come from the base (on_load_checkpoint checks the rest)
 
         self.frozen = finetune["mode"] == "frozen"
         if finetune.get("cache_embeddings") and (not self.frozen or self.kind.default_head is None):
@@ -128,6 +155,73 @@ class FineTuneModule(L.LightningModule):
         """The task model with LoRA folded into the encoder weights (a copy: this module stays as trained);
         without LoRA, the task model itself."""
         return copy.deepcopy(self.model).merge_and_unload() if self.lora else self.model
+
+    # ------------------------------------------------------------------ lean checkpoints
+    def _frozen_base_keys(self) -> dict[str, str]:
+        """Checkpoint keys of the encoder's frozen tensors (every encoder entry but the trainable parameters:
+        LoRA adapters, partial's unfrozen blocks) -> their names in the base encoder's own state dict (peft's
+        `.base_layer` dropped)."""
+        prefix = next(name for name, m in self.named_modules() if m is self.encoder) + "."
+        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        return {
+            key: key[len(prefix) :].replace(".base_layer.", ".")
+            for key in self.state_dict(keep_vars=True)
+            if key.startswith(prefix) and key not in trainable
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Frozen base (frozen, lora, partial) with weights from a path or hub id: the checkpoint keeps what
+        trains (head, adapters, unfrozen blocks; Lightning saves optimizer states only for those) and refers
+        to the base (hparams `base`: source, revision, checksum); loading rebuilds the rest from it."""
+        if not self._base_keys:
+            return
+        state = checkpoint["state_dict"]
+        for key in self._base_keys:
+            state.pop(key, None)
+        checkpoint["fastankh_lean"] = {"base": dict(self.hparams.base), "base_keys": len(self._base_keys)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Complete a lean checkpoint's state dict from its base before Lightning loads it (resume, test,
+        load_from_checkpoint, export); refuse (BaseChangedError, one line) if the base is not the one it was
+        trained on, or if anything else is missing."""
+        lean = checkpoint.get("fastankh_lean")
+        if lean is None:
+            return
+        state, base = checkpoint["state_dict"], lean["base"]
+        own = self.hparams.get("base") if self._built_from_base else None
+        now = own["checksum"] if own else current_checksum(base)
+        if now != base["checksum"]:
+            raise BaseChangedError(self._checkpoint_name(), base, now, own)
+        missing = [key for key in self._base_keys if key not in state]
+        if missing:
+            if own:  # this module's encoder was loaded from that very base: its frozen tensors are the base's
+                current = self.state_dict()
+                source = {key: current[key] for key in missing}
+            else:
+                source = self._base_tensors(base, missing)
+            state.update(source)
+        absent = [key for key in self.state_dict() if key not in state]
+        if absent:
+            raise KeyError(f"{self._checkpoint_name()}: the checkpoint lacks {len(absent)} tensors, e.g. {absent[:3]}")
+
+    def _base_tensors(self, base: Mapping[str, Any], keys: list[str]) -> dict[str, torch.Tensor]:
+        """The given checkpoint keys' tensors, read from the base the checkpoint refers to."""
+        backbone = load_backbone(base["model"], masked_lm=self.task.kind == "masked_lm")
+        encoder = backbone.model if isinstance(backbone, FastAnkhForMaskedLM) else backbone
+        weights, current = encoder.state_dict(), self.state_dict()
+        return {key: weights[self._base_keys[key]].to(current[key].dtype) for key in keys}
+
+    def _checkpoint_name(self) -> str:
+        return str(getattr(self._trainer, "ckpt_path", None) or LOADING_FROM.get() or "(path not given)")
+
+    @classmethod
+    def load_checkpoint_file(cls, path: str | os.PathLike, **kwargs: Any) -> FineTuneModule:
+        """load_from_checkpoint(path, **kwargs), with `path` named in a BaseChangedError."""
+        token = LOADING_FROM.set(str(path))
+        try:
+            return cls.load_from_checkpoint(path, **kwargs)
+        finally:
+            LOADING_FROM.reset(token)
 
     # ------------------------------------------------------------------ forward and loss
     def train(self, mode: bool = True) -> FineTuneModule:
