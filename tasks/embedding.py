@@ -78,6 +78,7 @@ def embed_file(cfg: Mapping[str, Any]) -> dict[str, torch.Tensor] | None:
     except ValueError as err:
         raise DataError(_cli_message(str(err))) from None
 
+    inference.check_model_files(cfg.model)  # a corrupt config, weights or tokenizer file: one line naming it
     trainer = inference.build_trainer(*(getattr(cfg, k) for k in inference.TRAINER_KEYS), progress=cfg.progress)
     compute = inference.compute_dtype(cfg.precision, trainer)
     metadata = store_metadata(cfg.full, cfg.pooling, dtype, compute)
@@ -91,7 +92,6 @@ def embed_file(cfg: Mapping[str, Any]) -> dict[str, torch.Tensor] | None:
     inference.check_shard_options(shards, options)
     done = set(saved) | {key for path in inference.shard_files(shards, SHARD_SUFFIX) for key in _shard_keys(path)}
 
-    inference.check_model_files(cfg.model)
     try:
         tokenizer = load_tokenizer(cfg.model)
     except (ValueError, OSError) as err:
@@ -120,7 +120,7 @@ def embed_file(cfg: Mapping[str, Any]) -> dict[str, torch.Tensor] | None:
         store = load_store(str(output), metadata) if output.exists() else {}
         files = inference.shard_files(shards, SHARD_SUFFIX)
         for path in files:
-            store.update(load_file(path))
+            store.update(_load_shard(path))
         missing = [key for key in checked if key not in store]
         if missing:
             raise DataError(f"{shards}: {len(missing)} record(s) missing after the run (e.g. {missing[0]!r}); rerun")
@@ -146,6 +146,14 @@ def _shard_keys(path: Path) -> list[str]:
             return list(f.keys())
     except (SafetensorError, OSError):
         return []
+
+
+def _load_shard(path: Path) -> dict[str, torch.Tensor]:
+    """One shard's embeddings; an unreadable shard counts as absent (its records were recomputed)."""
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError):
+        return {}
 
 
 def check_saved_lengths(saved: Mapping[str, torch.Tensor], records, full: bool, path: str) -> None:

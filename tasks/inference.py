@@ -183,18 +183,18 @@ class BatchRunner(L.LightningModule):
     def predict_dataloader(self) -> DataLoader:
         plan = self.trainer.strategy.broadcast(self.batches, src=0)
         share = plan[self.trainer.global_rank :: self.trainer.world_size]
-        return DataLoader(self.items, batch_sampler=PlannedBatches(share), collate_fn=list)
+        # Lightning refuses a rank without batches (fewer batches than ranks): that rank runs one empty batch.
+        return DataLoader(self.items, batch_sampler=PlannedBatches(share or [[]]), collate_fn=list)
 
     def on_predict_start(self) -> None:
         self.model.to(self.compute_dtype)
 
     def predict_step(self, batch: list[Any], batch_idx: int) -> list[Any]:
-        return self.step(self.model, batch)
+        return self.step(self.model, batch) if batch else []
 
 
 class ShardWriter(BasePredictionWriter):
-    """Each rank's results, `save_every` batches at a time, as new shard files `part-r<rank>-<token>-<n>`;
-    the predict loop ends when every rank has written its last shard (barrier).
+    """Each rank's results, `save_every` batches at a time, as new shard files `part-r<rank>-<token>-<n>`.
 
     `save(results, path)` writes one shard (a list of step results) to `path`; it is renamed into place only
     once complete. `options` (the settings that change results) go to the folder's meta.json."""
@@ -237,8 +237,12 @@ class ShardWriter(BasePredictionWriter):
     def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.flush(trainer)
 
-    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        trainer.strategy.barrier("shards written")
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        """Ctrl-C or an error: the finished batches still in the buffer are kept for the rerun."""
+        try:
+            self.flush(trainer)
+        except Exception:  # the original exception is the one to report
+            pass
 
 
 def run(
@@ -262,6 +266,8 @@ def run(
     runner = BatchRunner(load_model(), items, batches, step, dtype)
     with quiet_lightning():
         trainer.predict(runner, return_predictions=False)
+    # wait until every rank has written its last shard
+    trainer.strategy.barrier("shards written")
     return merge() if trainer.is_global_zero else None
 
 
