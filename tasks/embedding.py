@@ -99,15 +99,17 @@ def embed_file(cfg: Mapping[str, Any]) -> dict[str, torch.Tensor] | None:
     prefix, pad_id = prefix_length(tokenizer), tokenizer.pad_token_id
     keys_of: dict[str, list[str]] = {}  # each distinct residue string runs once, whatever its number of ids
     for key, r in checked.items():
-        if key not in done:
-            keys_of.setdefault(r.sequence, []).append(key)
-    todo = list(keys_of)
+        keys_of.setdefault(r.sequence, []).append(key)
+    sequences = list(keys_of)
     try:
-        encoded = tokenize_residues(tokenizer, todo, [checked[keys_of[seq][0]].where for seq in todo])
+        encoded = tokenize_residues(tokenizer, sequences, [checked[keys_of[seq][0]].where for seq in sequences])
     except ValueError as err:
         raise DataError(str(err)) from None
-    items = [(keys_of[seq], ids) for seq, ids in zip(todo, encoded)]
-    batches = length_batches([len(ids) for ids in encoded], cfg.batch_size, cfg.max_tokens)
+    # Items are every distinct sequence with all its ids (the same list on every rank, whatever shards each one
+    # saw); the plan (rank 0's) batches those with an id still to do, as embed_dataset would.
+    items = [(keys_of[seq], ids) for seq, ids in zip(sequences, encoded)]
+    todo = [i for i, (keys, _) in enumerate(items) if any(k not in done for k in keys)]
+    batches = length_batches([len(ids) for ids in encoded], cfg.batch_size, cfg.max_tokens, indices=todo)
 
     def step(model: torch.nn.Module, batch: list[tuple[list[str], list[int]]]) -> list[tuple[str, torch.Tensor]]:
         vectors = embed_batch(model, [ids for _, ids in batch], pad_id, prefix, cfg.full, cfg.pooling, dtype)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import zipfile
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -49,6 +50,7 @@ from tasks.outputs import atomic_path
 
 OUTPUT_SUFFIXES = (".csv", ".parquet")
 MAPS_SUFFIX = ".npz"
+SHARD_SUFFIX = ".npz"  # predict.py's shards (tasks/inference.py): rows as JSON + contact maps
 ON_INVALID = ("skip", "error")
 
 
@@ -298,7 +300,8 @@ def predict_file(
     shards = inference.shard_dir(output)
     options = {"model": os.fspath(model), "compute": str(compute).removeprefix("torch."), "contact_maps": with_maps}
     inference.check_shard_options(shards, options)
-    done = {i for path in inference.shard_files(shards, SHARD_SUFFIX) for i, _, _ in _read_shard(path, todo_records)}
+    shard_files = inference.shard_files(shards, SHARD_SUFFIX)
+    done = {i for path in shard_files for i, _, _ in _read_shard(path, todo_records, with_maps=False)}
     todo = [i for i in range(len(todo_records)) if i not in done]
     batches = [[todo[j] for j in chunk] for chunk in batch_plan([todo_records[i] for i in todo], batch_size)]
 
@@ -311,7 +314,7 @@ def predict_file(
         rows: dict[int, dict] = {}
         maps: dict[str, np.ndarray] = {}
         for path in inference.shard_files(shards, SHARD_SUFFIX):
-            for i, row, probability_map in _read_shard(path, todo_records):
+            for i, row, probability_map in _read_shard(path, todo_records, with_maps):
                 rows[i] = row
                 if probability_map is not None:
                     maps[row["id"]] = probability_map
@@ -329,9 +332,6 @@ def predict_file(
     return problems if result is None else result
 
 
-SHARD_SUFFIX = ".npz"
-
-
 def _write_shard(results: list[tuple[int, dict, np.ndarray | None]], path: Path) -> None:
     """One shard of predict.py: the rows (JSON, with their index among the valid records) and contact maps."""
     rows = [{"index": i, "row": row} for i, row, _ in results]
@@ -341,14 +341,16 @@ def _write_shard(results: list[tuple[int, dict, np.ndarray | None]], path: Path)
         np.savez(f, **arrays)
 
 
-def _read_shard(path: Path, records: Sequence[Record]) -> list[tuple[int, dict, np.ndarray | None]]:
+def _read_shard(
+    path: Path, records: Sequence[Record], with_maps: bool = True
+) -> list[tuple[int, dict, np.ndarray | None]]:
     """(index, row, contact map or None) of a shard's rows that still match the input (same index, id and
     sequence); an unreadable shard counts as absent (its records are predicted again)."""
     try:
         with np.load(path, allow_pickle=False) as f:
             rows = json.loads(f["rows"].tobytes().decode())
-            maps = {name: f[name] for name in f.files if name.startswith("map_")}
-    except (OSError, ValueError, KeyError):
+            maps = {name: f[name] for name in f.files if with_maps and name.startswith("map_")}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return []
     out = []
     for j, entry in enumerate(rows):

@@ -102,17 +102,7 @@ def ddp_runs(setup) -> dict[str, object]:
         cmd = [sys.executable, str(wrapper), *args(setup, out, "accelerator=cpu", "devices=2")]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
         launches[script] = (out, subprocess.Popen(cmd, cwd=root, env=env, text=True, stdout=-1, stderr=-1))
-    # and, started with them, plain predict.py on an export with truncated weights
-    shutil.copytree(setup["export"], root / "corrupt")
-    corrupt(root / "corrupt" / "model.safetensors")
-    overrides = [a for a in predict_args(setup, root / "corrupt.csv") if not a.startswith("model=")]
-    cmd = [sys.executable, str(REPO / "predict.py"), f"model={root / 'corrupt'}", *overrides]
-    corrupt_run = subprocess.Popen(
-        cmd, cwd=root, env={**os.environ, "HF_HUB_OFFLINE": "1"}, text=True, stdout=-1, stderr=-1
-    )
-    results: dict[str, object] = {"corrupt_model": root / "corrupt"}
-    stdout, stderr = corrupt_run.communicate(timeout=300)
-    results["corrupt"] = subprocess.CompletedProcess(cmd, corrupt_run.returncode, stdout, stderr)
+    results: dict[str, object] = {}
     for script, (out, proc) in launches.items():
         stdout, stderr = proc.communicate(timeout=300)
         assert proc.returncode == 0, stderr[-3000:]
@@ -258,13 +248,6 @@ def test_corrupt_export_is_one_line_naming_the_file(setup, script, name, tmp_pat
     overrides = [a for a in args(setup, output) if not a.startswith("model=")] + [f"model={model}"]
     with pytest.raises(SystemExit) as stop:
         run_cli(script, overrides)
-    message = str(stop.value.code)
-    assert message.startswith(f"error: {model / name}: ") and "\n" not in message, message
+    message = stop.value.code  # a string: Python prints it as the one line on stderr and exits with 1
+    assert isinstance(message, str) and message.startswith(f"error: {model / name}: ") and "\n" not in message
     assert not output.exists() and not tasks.inference.shard_dir(output).exists()
-
-
-def test_corrupt_weights_stop_predict_py_without_a_traceback(ddp_runs):
-    done, model = ddp_runs["corrupt"], ddp_runs["corrupt_model"]
-    assert done.returncode != 0 and "Traceback" not in done.stderr
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and errors[0].startswith(f"error: {model / 'model.safetensors'}: "), done.stderr[-2000:]
