@@ -187,11 +187,14 @@ class FineTuneModule(L.LightningModule):
         lean = checkpoint.get("fastankh_lean")
         if lean is None:
             return
-        state, base = checkpoint["state_dict"], lean["base"]
+        base = lean["base"]
         own = self.hparams.get("base") if self._built_from_base else None
         now = own["checksum"] if own else current_checksum(base)
         if now != base["checksum"]:
             raise BaseChangedError(self._checkpoint_name(), base, now, own)
+        state = checkpoint.get("state_dict")
+        if state is None:  # FSDP loaded it into the sharded module already (non-strict); the base is this module's
+            return
         missing = [key for key in self._base_keys if key not in state]
         if missing:
             if own:  # this module's encoder was loaded from that very base: its frozen tensors are the base's
