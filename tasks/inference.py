@@ -28,6 +28,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from safetensors import SafetensorError, safe_open
 from torch.utils.data import DataLoader, Sampler
 
@@ -126,19 +127,23 @@ def build_trainer(
 ) -> L.Trainer:
     """A predict-only Trainer: no logger, no checkpoints, no sampler replacement (the plan is ours), a
     progress bar on rank 0 when `progress`. Several devices or nodes run strategy ddp (`auto`)."""
-    with quiet_lightning():
-        return L.Trainer(
-            accelerator=accelerator,
-            devices=devices,
-            num_nodes=num_nodes,
-            strategy=strategy,
-            logger=False,
-            enable_checkpointing=False,
-            enable_model_summary=False,
-            enable_progress_bar=progress,
-            use_distributed_sampler=False,
-            callbacks=list(callbacks),
-        )
+    try:
+        with quiet_lightning():
+            return L.Trainer(
+                accelerator=accelerator,
+                devices=devices,
+                num_nodes=num_nodes,
+                strategy=strategy,
+                logger=False,
+                enable_checkpointing=False,
+                enable_model_summary=False,
+                enable_progress_bar=progress,
+                use_distributed_sampler=False,
+                callbacks=list(callbacks),
+            )
+    except (MisconfigurationException, ValueError, RuntimeError) as err:  # e.g. devices=2 on a 1-GPU machine
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(f"accelerator={accelerator} devices={devices} num_nodes={num_nodes}: {first}") from None
 
 
 def compute_dtype(precision: str, trainer: L.Trainer) -> torch.dtype:

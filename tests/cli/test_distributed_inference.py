@@ -251,3 +251,13 @@ def test_corrupt_export_is_one_line_naming_the_file(setup, script, name, tmp_pat
     message = stop.value.code  # a string: Python prints it as the one line on stderr and exits with 1
     assert isinstance(message, str) and message.startswith(f"error: {model / name}: ") and "\n" not in message
     assert not output.exists() and not tasks.inference.shard_dir(output).exists()
+
+
+@pytest.mark.parametrize("script", ["embed", "predict"])
+def test_impossible_devices_are_one_line(setup, script, tmp_path):
+    args = embed_args if script == "embed" else predict_args
+    output = tmp_path / ("out.safetensors" if script == "embed" else "out.csv")
+    with pytest.raises(SystemExit) as stop:
+        run_cli(script, args(setup, output, "accelerator=cpu", "devices=0"))
+    assert str(stop.value.code).startswith("error: accelerator=cpu devices=0 num_nodes=1: ")
+    assert not output.exists()
