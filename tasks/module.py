@@ -40,7 +40,8 @@ class BaseChangedError(SystemExit):
 
     def __init__(self, checkpoint: str, base: Mapping[str, Any], now: str | None, own: Mapping[str, Any] | None):
         trained = base["source"] + (f"@{base['revision']}" if base.get("revision") else "")
-        where = f"model.path={own['source']}" if own and own.get("revision") is None else (own or base)["source"]
+        ref = own or base
+        where = f"model.path={ref['source']}" if ref.get("revision") is None else ref["source"]
         holds = f"now holds {now}" if now else "no longer holds its weights"
         super().__init__(
             f"error: checkpoint {checkpoint} was trained on base {trained} (checksum {base['checksum']}) "
