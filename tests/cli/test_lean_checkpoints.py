@@ -144,3 +144,32 @@ def test_a_changed_base_is_refused_in_one_line(lean):
     finally:
         shutil.rmtree(base)
         shutil.move(keep, base)
+
+
+def test_a_hub_base_is_referred_to_by_id_and_snapshot_revision(tmp_path, monkeypatch):
+    """model=ankh_base without model.path: the weights from_pretrained read are the HF cache's snapshot."""
+    import huggingface_hub.constants
+
+    from tasks.backbone import base_reference
+
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "models--ElnaggarLab--ankh-base"
+    snapshot = repo / "snapshots" / revision
+    save_base(snapshot, seed=0)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    ref = base_reference({"preset": "ankh_base", "path": None, "attn_backend": "sdpa", "config": {}})
+    assert ref["source"] == "ElnaggarLab/ankh-base" and ref["revision"] == revision
+    assert ref["checksum"] == weights_checksum(str(snapshot)) and ref["model"]["path"] is None
+
+
+def test_checksum_of_a_large_file_reads_samples_and_sees_a_replaced_header(tmp_path):
+    weights = tmp_path / "model.safetensors"
+    data = bytearray(torch.randint(0, 256, (20 << 20,), dtype=torch.uint8).numpy().tobytes())  # 20 MiB > 18 MiB
+    weights.write_bytes(bytes(data))
+    first = weights_checksum(str(tmp_path))
+    assert first == weights_checksum(str(tmp_path)) and first.startswith("sha256:")
+    data[100] ^= 1  # in the header MiB
+    weights.write_bytes(bytes(data))
+    assert weights_checksum(str(tmp_path)) != first
