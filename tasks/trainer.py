@@ -136,6 +136,26 @@ class EpochSeed(L.Callback):
         random.seed(value)
 
 
+class BestAndLastCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint whose last.ckpt follows every epoch. Lightning 2.6 rewrites last.ckpt only at a step where
+    it also saved a top-k file, so after an epoch that did not improve the monitor, last.ckpt would still be the
+    last improving epoch and `ckpt_path=last` would silently redo the epochs since."""
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_anyway(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_anyway(trainer)
+
+    def _save_last_anyway(self, trainer: L.Trainer) -> None:
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):  # skips a step already saved
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
 class MidEpochCheckpoint(ModelCheckpoint):
     """last.ckpt every `every_n_train_steps` optimizer steps (0: never), for epochs too long to lose; nothing at
     epoch or training end (the task's ModelCheckpoint writes those). The training loader's place in the epoch is

@@ -176,7 +176,7 @@ def test_tensorboard_logger_writes_the_validation_and_test_metrics(tmp_path):
     assert {"val/q3", "val/loss", "train/loss", "test/test/q3"} <= set(events.Tags()["scalars"])
     (q3,) = events.Scalars("val/q3")  # one epoch: the score the best checkpoint was chosen by
     state = torch.load(only_epoch_checkpoint(out), weights_only=False)["callbacks"]
-    (best,) = [v["best_model_score"] for k, v in state.items() if k.startswith("ModelCheckpoint")]
+    (best,) = [v["best_model_score"] for k, v in state.items() if k.startswith("BestAndLastCheckpoint")]
     assert q3.value == pytest.approx(float(best), abs=1e-6)
     (tested,) = events.Scalars("test/test/q3")
     assert tested.value == pytest.approx(metrics_of(out)["test"]["q3"], abs=1e-6)
@@ -416,3 +416,11 @@ def test_fp16_is_refused_before_training(tmp_path):
     with pytest.raises(SystemExit, match="model.precision=16-mixed: T5 models such as ANKH overflow in fp16"):
         run(tmp_path, "model.precision=16-mixed")
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_last_checkpoint_follows_every_epoch_even_without_improvement(tmp_path):
+    """val/loss watched with mode=max on a learning model: the best stays an early epoch, last.ckpt moves on."""
+    out = run(tmp_path, "trainer.max_epochs=3", "task.monitor=val/loss", "task.monitor_mode=max")
+    last = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    best = torch.load(only_epoch_checkpoint(out), weights_only=False)
+    assert last["epoch"] == 2 and best["epoch"] < 2
