@@ -7,6 +7,10 @@ header words become columns (`>P1 label=Nucleus`), sequence lines are joined.
 Every table gets column ROW: the 1-based data row of each record (header not counted; FASTA: the record
 number), so a problem is reported as `<file>: row <n> (id <id>): <problem>`.
 
+A file that cannot be read (not UTF-8, binary, a broken gzip or Parquet file, a CSV with an unclosed quote or
+a row with more fields than the header, no header, no records) is a RecordError: one line naming the file and,
+where there is one, the line. Problems of single records (a bad sequence) stay with the record (`problem`).
+
 `clean_sequence(raw)` is the sequence rule: all whitespace removed (inner too), uppercased, ONE terminal
 '*' (stop codon) dropped; empty, or any character outside the 20 standard residues and X B O U Z
 (e.g. 'J', digits, an inner '*'), is an error.
@@ -14,8 +18,12 @@ number), so a problem is reported as `<file>: row <n> (id <id>): <problem>`.
 
 from __future__ import annotations
 
+import csv
 import gzip
 import os
+import re
+import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +71,13 @@ def cell_text(value: Any) -> str:
 
 def clean_sequence(raw: Any) -> str:
     """The residues of a sequence cell (see the module docstring); ValueError(problem) when invalid."""
+    if isinstance(raw, bytes):  # a Parquet binary column
+        try:
+            raw = raw.decode("ascii")
+        except UnicodeDecodeError:
+            raise ValueError("sequence cell holds non-text bytes") from None
+    elif not (raw is None or isinstance(raw, (str, int, float)) or is_missing(raw)):
+        raise ValueError(f"sequence cell holds a {type(raw).__name__}, not text")
     sequence = "" if is_missing(raw) else "".join(str(raw).split()).upper()
     if sequence.endswith("*"):
         sequence = sequence[:-1]
@@ -75,13 +90,123 @@ def clean_sequence(raw: Any) -> str:
     return sequence
 
 
+def one_line(text: str) -> str:
+    """`text` with line breaks escaped, so that a message built from cells stays one line."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def column_list(columns, limit: int = 20) -> str:
+    """A table's column names for a message: one line, the first `limit` (each cut to 40 characters)."""
+    names = [str(c) for c in columns if c != ROW]
+    shown = [one_line(n if len(n) <= 40 else n[:37] + "...") for n in names[:limit]]
+    return ", ".join(shown) + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
 def where(source: str, row: int, record_id: str | None) -> str:
     """How a message names a record: `<file>: row <n> (id <id>)` (no id part when it has none)."""
-    return f"{source}: row {row}" + (f" (id {record_id})" if record_id is not None else "")
+    return f"{source}: row {row}" + (f" (id {one_line(record_id)})" if record_id is not None else "")
+
+
+def _gzipped(path: Path) -> bool:
+    return path.name.lower().endswith(".gz")
 
 
 def _open_text(path: Path):
-    return gzip.open(path, "rt") if path.name.lower().endswith(".gz") else open(path)
+    return gzip.open(path, "rt", encoding="utf-8") if _gzipped(path) else open(path, encoding="utf-8")
+
+
+def _not_utf8(path: Path) -> str:
+    """Where a file stops being UTF-8 text: `line <n>: not UTF-8 text (byte 0x.. at column <c>)`."""
+    opener = gzip.open if _gzipped(path) else open
+    with opener(path, "rb") as f:
+        for line_no, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                return (
+                    f"line {line_no}: not UTF-8 text (byte 0x{line[err.start]:02x} at column {err.start + 1}); "
+                    "binary, or another encoding: save it as UTF-8 text"
+                )
+    return "not UTF-8 text"
+
+
+def _csv_problem(path: Path, err: Exception, separator: str) -> str:
+    """pandas' tokenizer message as `line <n>: <problem>` (lines of the file, 1-based)."""
+    message = str(err)
+    if m := re.search(r"EOF inside string starting at row (\d+)", message):
+        return f"line {int(m.group(1)) + 1}: a quoted field is never closed (unbalanced '\"')"
+    if m := re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", message):
+        return f"line {m.group(2)}: {m.group(3)} fields, the header has {m.group(1)}"
+    return f"malformed table ({message.strip().splitlines()[-1] if message.strip() else type(err).__name__})"
+
+
+def _long_row(path: Path, separator: str) -> str:
+    """The first row with more fields than the header, as `line <n>: <k> fields, the header has <h>`."""
+    with _open_text(path) as f:
+        reader = csv.reader(f, delimiter=separator)
+        try:
+            width = len(next(reader, []))
+            for row in reader:
+                if len(row) > width:
+                    return f"line {reader.line_num}: {len(row)} fields, the header has {width}"
+        except csv.Error:
+            pass
+    return "a row has more fields than the header"
+
+
+MAX_COLUMNS = 10_000  # a header wider than this is no table of records (pandas takes seconds per 10k columns)
+
+
+def _header_problem(path: Path, separator: str) -> str | None:
+    """What is wrong with a table's header line: too many columns, or a name given twice (pandas would rename
+    it, in time quadratic in the columns). None when fine."""
+    with _open_text(path) as f:
+        try:
+            header = next(csv.reader(f, delimiter=separator), [])
+        except csv.Error:  # e.g. a field over the csv module's size limit: pandas reads it
+            return None
+    if len(header) > MAX_COLUMNS:
+        return f"line 1: {len(header)} columns (more than {MAX_COLUMNS}): not a header of a table of records"
+    seen: set[str] = set()
+    for name in (h.strip() for h in header):
+        if name in seen and name:
+            shown = one_line(name if len(name) <= 40 else name[:37] + "...")
+            return f"line 1: column {shown!r} appears more than once in the header"
+        seen.add(name)
+    return None
+
+
+def _read_csv(path: Path, separator: str):
+    import pandas as pd
+
+    problem = _header_problem(path, separator)
+    if problem is not None:
+        raise RecordError(f"{path}: {problem}")
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", pd.errors.ParserWarning)
+        # index_col=False: a row with extra fields must not turn the first column into an index (shifted cells)
+        frame = pd.read_csv(
+            path, sep=separator, dtype=str, keep_default_na=False, na_values=[""], index_col=False, encoding="utf-8"
+        )
+    if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):
+        raise RecordError(f"{path}: {_long_row(path, separator)}")
+    return frame
+
+
+def _read_parquet(path: Path):
+    import pandas as pd
+
+    try:
+        if _gzipped(path):
+            with gzip.open(path, "rb") as f:
+                return pd.read_parquet(f)
+        return pd.read_parquet(path)
+    except (OSError, EOFError, zlib.error):
+        raise
+    except Exception as err:  # pyarrow: not Parquet, truncated, empty, unsupported types
+        detail = re.sub(r"^Could not open Parquet input source '[^']*': ", "", str(err).strip().splitlines()[0])
+        raise RecordError(f"{path}: not a readable Parquet file ({detail})") from None
 
 
 def read_fasta_rows(path: str | os.PathLike, id_column: str = "id", sequence_column: str = "sequence") -> list[dict]:
@@ -90,7 +215,7 @@ def read_fasta_rows(path: str | os.PathLike, id_column: str = "id", sequence_col
     rows: list[dict[str, str]] = []
     with _open_text(path) as f:
         for line_no, line in enumerate(f, 1):
-            line = line.strip()
+            line = line.strip().lstrip("\ufeff") if line_no == 1 else line.strip()
             if line.startswith(">"):
                 words = line[1:].split()
                 if not words:
@@ -114,26 +239,36 @@ def read_table(path: str | os.PathLike, id_column: str | None = "id", sequence_c
     import pandas as pd
 
     path = Path(path)
+    if path.is_dir():
+        raise RecordError(f"{path}: is a folder, not a file")
     if not path.is_file():
         raise RecordError(f"{path}: file not found")
     suffix = file_suffix(path.name)
-    if suffix in TABLE_SEPARATORS:
-        try:
-            frame = pd.read_csv(path, sep=TABLE_SEPARATORS[suffix], dtype=str, keep_default_na=False, na_values=[""])
-        except pd.errors.EmptyDataError:
-            raise RecordError(f"{path}: empty file (no header row)") from None
-    elif suffix in PARQUET_SUFFIXES:
-        if path.name.lower().endswith(".gz"):
-            with gzip.open(path, "rb") as f:
-                frame = pd.read_parquet(f)
-        else:
-            frame = pd.read_parquet(path)
-    elif suffix in FASTA_SUFFIXES:
-        frame = pd.DataFrame(read_fasta_rows(path, id_column or "id", sequence_column))
-    else:
+    if suffix not in RECORD_SUFFIXES:
         raise RecordError(
             f"{path}: unknown file type {suffix or '(none)'}; use one of {', '.join(RECORD_SUFFIXES)} (optionally .gz)"
         )
+    try:
+        if suffix in TABLE_SEPARATORS:
+            try:
+                frame = _read_csv(path, TABLE_SEPARATORS[suffix])
+            except pd.errors.EmptyDataError:
+                raise RecordError(f"{path}: empty file (no header row)") from None
+            except pd.errors.ParserError as err:
+                raise RecordError(f"{path}: {_csv_problem(path, err, TABLE_SEPARATORS[suffix])}") from None
+        elif suffix in PARQUET_SUFFIXES:
+            frame = _read_parquet(path)
+        else:
+            rows = read_fasta_rows(path, id_column or "id", sequence_column)
+            if not rows:
+                raise RecordError(f"{path}: empty file (no FASTA records)")
+            frame = pd.DataFrame(rows)
+    except UnicodeDecodeError:
+        raise RecordError(f"{path}: {_not_utf8(path)}") from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as err:
+        raise RecordError(f"{path}: not a readable gzip file ({err or type(err).__name__})") from None
+    except OSError as err:
+        raise RecordError(f"{path}: cannot read it ({err.strerror or err})") from None
     frame = frame.reset_index(drop=True)
     frame[ROW] = list(range(1, len(frame) + 1))
     return frame
@@ -158,7 +293,7 @@ class Record:
 def records_of(frame, source: str, id_column: str | None = "id", sequence_column: str = "sequence") -> list[Record]:
     """Records of a table read by read_table; invalid sequences are kept with their `problem`."""
     if sequence_column not in frame.columns:
-        columns = ", ".join(str(c) for c in frame.columns if c != ROW)
+        columns = column_list(frame.columns)
         raise RecordError(f"{source}: no column '{sequence_column}' (sequence_column); columns are: {columns}")
     has_ids = id_column is not None and id_column in frame.columns
     ids = frame[id_column].tolist() if has_ids else [None] * len(frame)
@@ -207,8 +342,10 @@ __all__ = [
     "RecordError",
     "cell_text",
     "clean_sequence",
+    "column_list",
     "file_suffix",
     "is_missing",
+    "one_line",
     "read_fasta",
     "read_records",
     "read_table",

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from fastankh.records import cell_text as _text
-from fastankh.records import clean_sequence, where
+from fastankh.records import clean_sequence, column_list, where
 from fastankh.records import is_missing as _is_missing
 
 from .data_sources import ROW, DataError, Table, split_name
@@ -180,7 +180,7 @@ def encode(table: Table, task: TaskSpec) -> dict[str, list]:
     required = _required_columns(task)
     missing = [f"'{c}' (task.data.{key})" for c, key in required.items() if c not in frame.columns]
     if missing:
-        present = ", ".join(str(c) for c in frame.columns if c != ROW)
+        present = column_list(frame.columns)  # one line, however many columns a malformed header has
         raise DataError(f"{table.source}: missing column(s) {', '.join(missing)}; columns are: {present}")
 
     # Plain lists: per-cell DataFrame access would dominate the time on large sets.
