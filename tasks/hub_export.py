@@ -36,6 +36,7 @@ from tasks.model_card import model_card
 from tasks.module import FineTuneModule
 from tasks.outputs import atomic_dir, write_text_atomic
 from tasks.spec import TaskSpec
+from tasks.trainer import CheckpointError, checkpoint_problem
 
 PROBE_SEQUENCES = ("MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ", "GSHMLEDPVNX", "ACDEFGHIKLMNPQRSTVWY")
 PROBE_TOLERANCE = 1e-4  # exported vs Lightning logits on the probe, relative to the largest logit
@@ -67,6 +68,9 @@ def load_run(checkpoint: str | os.PathLike, run_dir: str | os.PathLike | None = 
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"{checkpoint}: checkpoint file not found")
+    problem = checkpoint_problem(checkpoint)  # truncated, corrupt, or needing full unpickling (code)
+    if problem is not None:
+        raise CheckpointError(f"{checkpoint}: {problem}")
     run_dir = Path(run_dir) if run_dir is not None else checkpoint.resolve().parent.parent
     config_file, metrics_file = run_dir / "config.yaml", run_dir / "test_metrics.json"
     config = OmegaConf.to_container(OmegaConf.load(config_file), resolve=True) if config_file.is_file() else None

@@ -24,22 +24,31 @@ from transformers import AutoConfig, AutoTokenizer
 from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
 repo = "{repo}"
-config = AutoConfig.from_pretrained(repo, trust_remote_code=True)
-model_class = get_class_from_dynamic_module(config.auto_map["{auto_class}"], repo)
+# trust_remote_code runs this repo's Python files: pin a commit hash from the repo's history here, so a later
+# push cannot change the code that runs on your machine ("main" follows the newest push)
+revision = "main"
+config = AutoConfig.from_pretrained(repo, revision=revision, trust_remote_code=True)
+model_class = get_class_from_dynamic_module(config.auto_map["{auto_class}"], repo, revision=revision)
 base = model_class.from_pretrained(config.base_model_name_or_path, config=config)  # base encoder + head slot
-model = PeftModel.from_pretrained(base, repo).eval()  # LoRA adapters + trained head
-tokenizer = AutoTokenizer.from_pretrained(repo, trust_remote_code=True)"""
+model = PeftModel.from_pretrained(base, repo, revision=revision).eval()  # LoRA adapters + trained head
+tokenizer = AutoTokenizer.from_pretrained(repo, revision=revision, trust_remote_code=True)"""
 
 MERGED_USAGE = """\
 from transformers import {auto_class}, AutoTokenizer
 
-model = {auto_class}.from_pretrained("{repo}", trust_remote_code=True).eval()
-tokenizer = AutoTokenizer.from_pretrained("{repo}", trust_remote_code=True)"""
+# trust_remote_code runs this repo's Python files: pin a commit hash from the repo's history here, so a later
+# push cannot change the code that runs on your machine ("main" follows the newest push)
+revision = "main"
+model = {auto_class}.from_pretrained("{repo}", revision=revision, trust_remote_code=True).eval()
+tokenizer = AutoTokenizer.from_pretrained("{repo}", revision=revision, trust_remote_code=True)"""
 
 PIPELINE_USAGE = """\
 from transformers import pipeline
 
-predict = pipeline("{pipeline_tag}", model="{repo}", trust_remote_code=True)
+# trust_remote_code runs this repo's Python files: pin a commit hash from the repo's history here, so a later
+# push cannot change the code that runs on your machine ("main" follows the newest push)
+revision = "main"
+predict = pipeline("{pipeline_tag}", model="{repo}", revision=revision, trust_remote_code=True)
 predict("MKTAYIAKQRQISFVKSHFSRQ"{top_k})  # {returns}"""
 
 ANKH_LICENSE = "cc-by-nc-sa-4.0"  # the released ANKH weights' licence (ElnaggarLab); it carries over to fine-tunes

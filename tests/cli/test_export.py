@@ -163,8 +163,18 @@ def test_export_writes_a_hub_folder(runs, exports):
         "2301.06568",
         "2505.20052",
         "name: convbert",
+        'revision = "main"',  # pinned by the user: trust_remote_code runs the repo's code
+        "pin a commit hash",
     ):
         assert text in card, text
+
+
+def test_exports_hold_no_pickles(exports):
+    """Safetensors only: a .bin / .pt / .pkl / .ckpt would be unpickled (code run) by whoever loads it."""
+    for folder in exports.values():
+        files = [p for p in folder.rglob("*") if p.is_file()]
+        assert any(p.suffix == ".safetensors" for p in files)
+        assert not [p.name for p in files if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")]
 
 
 def test_adapter_only_export_layout(runs, exports):
@@ -323,7 +333,7 @@ def test_cli_push_uploads_the_exported_folder(runs, tmp_path, monkeypatch):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
     card = (uploaded / "README.md").read_text()
     metrics = json.loads((runs["sequence"] / "test_metrics.json").read_text())
-    assert 'from_pretrained("org/ankh-sol", trust_remote_code=True)' in card
+    assert 'from_pretrained("org/ankh-sol", revision=revision, trust_remote_code=True)' in card
     assert f"{metrics['test']['accuracy']:.4f}" in card
 
 
@@ -421,3 +431,16 @@ def test_task_model_loads_an_original_t5_checkpoint_as_its_encoder(t5_checkpoint
     assert model.config.num_labels == 2 and type(model.head.pool.score) is torch.nn.Linear
     for name, weight in encoder.state_dict().items():
         assert torch.equal(model.model.state_dict()[name], weight), name
+
+
+def test_a_truncated_checkpoint_is_one_line_naming_it(runs, tmp_path):
+    from tasks.trainer import CheckpointError
+
+    good = best_checkpoint(runs["residue"]).read_bytes()
+    broken = tmp_path / "run" / "checkpoints" / "epoch000.ckpt"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(good[: len(good) // 2])
+    with pytest.raises(CheckpointError) as err:
+        export_checkpoint(broken, tmp_path / "out")
+    assert str(err.value).startswith(f"{broken}: ") and "\n" not in str(err.value)
+    assert not (tmp_path / "out").exists()

@@ -195,7 +195,8 @@ def test_exported_card_front_matter(folders):
     assert result["dataset"] == {"name": "test", "type": "ss3_local", "split": "test"}
     assert {m["type"]: m["value"] for m in result["metrics"]} == pytest.approx(metrics["test"])
     usage = (folders["residue"] / "README.md").read_text().split("## How to use")[1]
-    assert f'pipeline("token-classification", model="{folders["residue"]}", trust_remote_code=True)' in usage
+    call = f'pipeline("token-classification", model="{folders["residue"]}", revision=revision, trust_remote_code=True)'
+    assert call in usage
 
 
 def test_card_metadata_of_an_ankh_base_run_with_several_test_sets():
