@@ -61,6 +61,35 @@ def _gated(act: nn.Module, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor
     return act(gate) * up
 
 
+# The gated middle's backward for the activations the ANKH family uses: name -> (forward, input gradient).
+_GATE_ACTIVATIONS = {
+    "gelu_pytorch_tanh": (
+        lambda x: F.gelu(x, approximate="tanh"),
+        lambda grad, x: torch.ops.aten.gelu_backward(grad, x, approximate="tanh"),
+    ),
+    "silu": (F.silu, torch.ops.aten.silu_backward),
+}
+
+
+class _GatedActivation(torch.autograd.Function):
+    """act(gate) * up for training, keeping only `gate` and `up` for the backward and recomputing act(gate)
+    there. Autograd's act + mul also keeps act(gate): one (tokens, d_ff) tensor per layer more, the largest
+    saved activation after the attention probabilities. The gradients are autograd's, op for op."""
+
+    @staticmethod
+    def forward(ctx, gate: torch.Tensor, up: torch.Tensor, activation: str) -> torch.Tensor:
+        ctx.save_for_backward(gate, up)
+        ctx.activation = activation
+        return _GATE_ACTIVATIONS[activation][0](gate) * up
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        gate, up = ctx.saved_tensors
+        act, act_backward = _GATE_ACTIVATIONS[ctx.activation]
+        return act_backward(grad * up, gate), grad * act(gate), None
+
+
 _REGIONS: dict[str, object] = {}
 _REGIONS_PROVEN: set[str] = set()
 
@@ -160,6 +189,36 @@ class FastAnkhRelativePositionBias(nn.Module):
         return table[:, index].unsqueeze(0)  # gathered straight into a contiguous (1, H, L, L)
 
 
+class _BiasedAttention(torch.autograd.Function):
+    """softmax(q k^T + mask) v on CPU when the mask needs a gradient (a trainable position bias).
+
+    sdpa falls back to its math path then, which keeps every layer's (B, H, L, L) probabilities until the
+    backward: the largest activation at L >= 512. Here the forward is the flash kernel (no L x L tensor kept; on
+    2 cores ~3x faster than math at L=513) and the backward recomputes the probabilities from the saved
+    log-sum-exp, in fp32, one layer at a time. q, k, v: (B, H, L, d_kv); mask: (B or 1, H, L, L)."""
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=mask, scale=1.0)
+        ctx.save_for_backward(q, k, v, mask, lse)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        q, k, v, mask, lse = ctx.saved_tensors
+        dtypes = (q.dtype, k.dtype, v.dtype, mask.dtype)
+        q, k, v, grad = q.float(), k.float(), v.float(), grad.float()
+        probs = torch.matmul(q, k.transpose(-1, -2)).add_(mask).sub_(lse.unsqueeze(-1)).exp_()  # (B, H, L, L)
+        grad_v = torch.matmul(probs.transpose(-1, -2), grad)
+        grad_scores = torch.matmul(grad, v.transpose(-1, -2))  # d probs, then in place d scores (softmax backward;
+        grad_scores.sub_((grad_scores * probs).sum(-1, keepdim=True)).mul_(probs)  # sum(dO * O) is off in bf16)
+        del probs
+        grad_q, grad_k = torch.matmul(grad_scores, k), torch.matmul(grad_scores.transpose(-1, -2), q)
+        grad_mask = grad_scores.sum(0, keepdim=True) if mask.size(0) == 1 < q.size(0) else grad_scores
+        return tuple(g.to(dtype) for g, dtype in zip((grad_q, grad_k, grad_v, grad_mask), dtypes))
+
+
 class FastAnkhAttention(nn.Module):
     """Multi-head self-attention, T5 style: no biases, no 1/sqrt(d) scaling, inner_dim = heads * d_kv."""
 
@@ -184,7 +243,10 @@ class FastAnkhAttention(nn.Module):
             out = _flex_attention(q, k, v, attn)
         else:
             mask = attn.mask if attn.mask.dtype == q.dtype else attn.mask.to(q.dtype)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
+            if mask.requires_grad and q.device.type == "cpu":
+                out = _BiasedAttention.apply(q, k, v, mask)
+            else:
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
         return self.o(attn.from_attention(out.transpose(1, 2).reshape(rows * length, -1)))
 
 
@@ -198,12 +260,22 @@ class FastAnkhFeedForward(nn.Module):
         self.wo = nn.Linear(config.d_ff, config.d_model, bias=False)
         # gelu_new is the tanh GELU; PyTorch's fused kernel computes it without the five
         # intermediate tensors (and their saved activations) of the Python formula.
-        act = {"gelu_new": "gelu_pytorch_tanh"}.get(config.dense_act_fn, config.dense_act_fn)
-        self.act = ACT2FN[act]
+        self.activation = {"gelu_new": "gelu_pytorch_tanh"}.get(config.dense_act_fn, config.dense_act_fn)
+        self.act = ACT2FN[self.activation]
         self.dropout = nn.Dropout(config.dropout_rate)
 
     def forward(self, x: torch.Tensor, compiled: bool = False) -> torch.Tensor:
-        return self.wo(self.dropout(_region(_gated, compiled)(self.act, self.wi_0(x), self.wi_1(x))))
+        if not (compiled or torch.is_grad_enabled()):
+            # inference: act(gate) replaces the gate before `up` exists and takes the product in place, so two
+            # (tokens, d_ff) tensors are alive at once instead of four (gate, up, act(gate), product)
+            hidden = self.act(self.wi_0(x))
+            return self.wo(self.dropout(hidden.mul_(self.wi_1(x))))
+        gate, up = self.wi_0(x), self.wi_1(x)
+        if compiled or self.activation not in _GATE_ACTIVATIONS or not (gate.requires_grad or up.requires_grad):
+            hidden = _region(_gated, compiled)(self.act, gate, up)
+        else:
+            hidden = _GatedActivation.apply(gate, up, self.activation)
+        return self.wo(self.dropout(hidden))
 
 
 class FastAnkhBlock(GradientCheckpointingLayer):
