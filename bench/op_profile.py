@@ -23,8 +23,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from backbone import DTYPES, batch, make_checkpoint  # noqa: E402
 
 
-def top_ops(model, ids, mask, train: bool, dtype: torch.dtype, device: str, top: int) -> list[tuple[str, float]]:
-    """(operator, share of the step's self time) for the `top` most expensive operators of one step."""
+def top_ops(model, ids, mask, train: bool, dtype: torch.dtype, device: str, top: int) -> tuple[float, list]:
+    """The step's profiled self time (ms) and (operator, share of it) for its `top` most expensive operators."""
     from torch.profiler import ProfilerActivity, profile
 
     autocast = train and dtype != torch.float32
@@ -47,7 +47,8 @@ def top_ops(model, ids, mask, train: bool, dtype: torch.dtype, device: str, top:
     events = [e for e in prof.key_averages() if getattr(e, attr) > 0]
     total = sum(getattr(e, attr) for e in events)
     events.sort(key=lambda e: getattr(e, attr), reverse=True)
-    return [(e.key, getattr(e, attr) / total) for e in events[:top]]
+    name = lambda key: "compiled region" if key.startswith("## Call CompiledFxGraph") else key  # noqa: E731
+    return total / 1e3, [(name(e.key), getattr(e, attr) / total) for e in events[:top]]
 
 
 def main() -> None:
@@ -83,8 +84,8 @@ def main() -> None:
                 print(f"\n{args.dtype} {'fwd+bwd' if train else 'fwd'}, L={length}, {args.device}")
                 for name, model in models.items():
                     model.to(args.device, dtype=weights).train(train)
-                    ops = top_ops(model, ids, mask, train, dtype, args.device, args.top)
-                    print(f"  {name:32s} " + "  ".join(f"{op} {share:.0%}" for op, share in ops))
+                    ms, ops = top_ops(model, ids, mask, train, dtype, args.device, args.top)
+                    print(f"  {name:32s} {ms:7.0f} ms  " + "  ".join(f"{op} {share:.0%}" for op, share in ops))
 
 
 if __name__ == "__main__":
