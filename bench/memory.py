@@ -9,9 +9,10 @@ bf16-mixed = fp32 master weights, bf16 autocast compute):
 - weights 4P; gradients 4T; AdamW states 8T (exp_avg + exp_avg_sq, fp32); T = P (full), the LoRA adapters
   (r=8 on q,k,v,o: 2 r (d_model + inner) per projection and layer), ~0 (frozen: the head only).
 - activations saved for the backward, per token and layer: residual-stream inputs of the two RMSNorms (fp32,
-  4d each) and their bf16 outputs (2d each), q, k, v and the attention output (bf16, 2 x 4 inner), wi_0, wi_1,
-  the gelu and the gated product (bf16, 4 x 2 d_ff): 12 d + 8 inner + 8 d_ff. flex/flash attention keeps no
-  L x L matrix (sdpa's math path on CPU does: + 4 L heads bytes per token and layer in fp32). Frozen: the
+  4d each) and their bf16 outputs (2d each), q, k, v and the attention output (bf16, 2 x 4 inner), wi_0, wi_1
+  and the gated product (bf16, 3 x 2 d_ff; the activation is recomputed in the backward): 12 d + 8 inner +
+  6 d_ff. Attention keeps no L x L matrix per layer (flex; on CPU the flash kernel with probabilities recomputed
+  in the backward); sdpa's one (B, heads, L, L) bias + padding mask is shared by all layers. Frozen: the
   encoder runs without autograd, nothing is kept per layer. LoRA keeps the same activations as full (every
   layer's inputs are needed for the adapters' gradients). With activation checkpointing (FSDP policy, or
   model.gradient_checkpointing=true) each layer keeps only its input (4d) plus one layer's activations.
@@ -26,7 +27,8 @@ saved like the ElnaggarLab ones, 3 optimizer steps of batch 2 on ss3_local, then
 set of the process (VmHWM) and the size of each checkpoint file written; plus the activation check: the peak
 resident set growth during one forward + backward of one sequence of length L on the bare encoder (process with
 MALLOC_MMAP_THRESHOLD_=65536 so freed blocks return to the system, VmHWM reset through /proc/self/clear_refs),
-minus the gradients, per layer, against the fp32 formula (16 d + 16 inner + 16 d_ff + 4 L heads for sdpa).
+minus the gradients, per layer, against the fp32 formula (16 d + 16 inner + 12 d_ff per token, plus sdpa's
+shared fp32 mask, 4 L heads bytes per token, spread over the layers).
 """
 
 from __future__ import annotations
@@ -74,8 +76,8 @@ def lora_params(s: dict[str, int], r: int = 8) -> int:
 
 def activation_bytes_per_token_layer(s: dict[str, int], bf16: bool = True) -> int:
     if bf16:
-        return 12 * s["d"] + 8 * s["inner"] + 8 * s["d_ff"]
-    return 16 * s["d"] + 16 * s["inner"] + 16 * s["d_ff"]
+        return 12 * s["d"] + 8 * s["inner"] + 6 * s["d_ff"]
+    return 16 * s["d"] + 16 * s["inner"] + 12 * s["d_ff"]
 
 
 def formula_row(preset: str, mode: str, length: int) -> dict[str, float]:
@@ -266,12 +268,13 @@ def measured(layers: int) -> str:
             rows.append(f"| {mode} | {t / 1e6:.2f}M (+ head) | {size / 1e6:.2f} | {t * 12 / 1e6:.2f} | {peak:.2f} |")
         rows += [
             "",
-            "| L | measured activation growth / layer MB (fp32, sdpa, CPU) | formula fp32 + sdpa L x L / layer MB |",
+            "| L | measured activation growth / layer MB (fp32, sdpa, CPU) | formula fp32 + shared mask / layer MB |",
             "|---|---|---|",
         ]
         for length in (512, 1024):
             r = run_child("--child-act", str(base), str(length), env={"MALLOC_MMAP_THRESHOLD_": "65536"})
-            formula = length * (16 * s["d"] + 16 * s["inner"] + 16 * s["d_ff"] + 4 * length * s["heads"])
+            mask = 4 * length * length * s["heads"] / layers
+            formula = length * activation_bytes_per_token_layer(s, bf16=False) + mask
             rows.append(f"| {length} | {r['growth'] / layers / 1e6:.1f} | {formula / 1e6:.1f} |")
         return "\n".join(rows)
 

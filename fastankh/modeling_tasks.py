@@ -62,6 +62,18 @@ class _FastAnkhTaskModel(FastAnkhPreTrainedModel):
         self.post_init()
 
     @classmethod
+    def with_encoder(cls, config: FastAnkhConfig, encoder: FastAnkhModel) -> _FastAnkhTaskModel:
+        """The task model of `config` around `encoder` (the object itself), its head freshly initialised from the
+        current RNG state. The encoder `cls(config)` would build is never materialised (built on the meta device):
+        a random encoder only to be replaced costs ankh3_xl 14 GB and minutes of initialisation."""
+        with torch.device("meta"):
+            model = cls(config)
+        model.model = encoder
+        model.head.to_empty(device=encoder.device)
+        model.head.apply(model._init_weights)
+        return model
+
+    @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, config: FastAnkhConfig | None = None, **kwargs):
         """A saved task model, or an encoder checkpoint (FastANKH, or original ElnaggarLab T5) whose head then
         starts untrained, e.g. the base an adapter-only export loads onto. `config` sets labels and head."""
@@ -69,10 +81,12 @@ class _FastAnkhTaskModel(FastAnkhPreTrainedModel):
         if _checkpoint_model_type(path, kwargs) != "t5":
             return super().from_pretrained(path, *args, config=config, **kwargs)
         # T5 conversion knows the encoder only; the head comes from `config`.
-        encoder = FastAnkhModel.from_pretrained(path, *args, **kwargs)
-        model = cls(config if config is not None else encoder.config)
-        model.model.load_state_dict(encoder.state_dict())
-        return model.to(encoder.dtype).eval()
+        loaded = FastAnkhModel.from_pretrained(path, *args, **kwargs)
+        config = config if config is not None else loaded.config
+        with torch.device("meta"):  # an encoder of `config` (its runtime fields: backend, ...) on the loaded tensors
+            encoder = FastAnkhModel(config)
+        encoder.load_state_dict(loaded.state_dict(), assign=True)
+        return cls.with_encoder(config, encoder).to(loaded.dtype).eval()
 
     def _init_weights(self, module: nn.Module) -> None:
         """Head modules get PyTorch's default init (the encoder's own init runs in `self.model`)."""

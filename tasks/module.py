@@ -121,14 +121,8 @@ class FineTuneModule(L.LightningModule):
         if isinstance(backbone, cls):  # masked_lm: FastAnkhForMaskedLM is already the task model
             head_choice(self.task, head_cfg)  # refuses a head other than auto
             return backbone
-        rng = torch.random.get_rng_state()
-        model = cls(task_model_config(self.task, head_cfg, backbone.config, non_residue_ids))
-        model.model = backbone  # the pretrained encoder object itself becomes the task model's encoder
-        # Redraw the head from the RNG state before the throw-away encoder init: a seeded run's head starts as
-        # when it was built on its own (same draws for heads of Linears; convbert's attention draws in
-        # another order), and everything after it sees the same random stream.
-        torch.random.set_rng_state(rng)
-        model.head.apply(model._init_weights)
+        # the pretrained encoder object itself becomes the task model's encoder; the head is drawn from the seed
+        model = cls.with_encoder(task_model_config(self.task, head_cfg, backbone.config, non_residue_ids), backbone)
         if self.task.regression and label_mean is not None:
             # As in the Ankh regression head: predictions start at the mean, so early MSE is the variance.
             nn.init.constant_(model.head.out.bias, float(label_mean))

@@ -69,15 +69,20 @@ def read_records(path: str | os.PathLike, id_column: str = "id", sequence_column
 def check_records(records: Sequence[Record], source: str, max_length: int | None = None) -> tuple[list[int], list[str]]:
     """(indices of valid records, one problem line per invalid record: `<file>: row <n> (id <id>): <problem>`).
 
+    A repeated id is a problem of its later records: outputs (the table's id column, contact maps) are keyed by id.
     `source` is unused (each record names its file); kept for callers that pass it."""
     valid, problems = [], []
+    first: dict[str, Record] = {}
     for i, r in enumerate(records):
         if r.problem is not None:
             problems.append(r.error)
+        elif r.id in first:
+            problems.append(f"{r.where}: id {r.id!r} appears more than once (first at row {first[r.id].row})")
         elif max_length is not None and len(r.sequence) > max_length:
             problems.append(f"{r.where}: {len(r.sequence)} residues > max_length={max_length} (raise max_length)")
         else:
             valid.append(i)
+            first[r.id] = r
     return valid, problems
 
 
@@ -261,7 +266,7 @@ def predict_file(
     order and removes the shards. A rerun after a crash predicts only the records the shards lack.
 
     `contact_maps` (residue_pair_classification models): also write each record's (L, L) contact probability
-    map to this .npz, keyed by record id (ids must then be unique).
+    map to this .npz, keyed by record id.
 
     `precision`: the dtype the model computes in (see load_task_model); `auto` is bf16 on hardware with native
     bf16 matmuls. Bad input raises DataError before the model is loaded (on_invalid="error": one line per invalid

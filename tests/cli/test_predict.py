@@ -101,6 +101,15 @@ def test_on_invalid_error_stops_before_loading_the_model(models, fasta_records, 
     assert not (tmp_path / "out.csv").exists()
 
 
+def test_a_repeated_id_is_refused_before_loading_the_model(tmp_path):
+    """Outputs are keyed by id (the table's id column, contact maps): a later record with a seen id is invalid."""
+    write_fasta(tmp_path / "in.fasta", [("a", "MKVLA"), ("b", "MKLLA"), ("a", "MKWLA")])
+    pattern = r"in\.fasta: row 3 \(id a\): id 'a' appears more than once \(first at row 1\)"
+    with pytest.raises(ValueError, match=pattern):  # "no-such-model": raising first means nothing was loaded
+        predict_file("no-such-model", tmp_path / "in.fasta", tmp_path / "out.csv", on_invalid="error")
+    assert not (tmp_path / "out.csv").exists()
+
+
 def test_cli_on_invalid_error_names_the_record(models, fasta_records, tmp_path):
     write_fasta(tmp_path / "in.fasta", fasta_records)
     result = subprocess.run(
