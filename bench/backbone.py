@@ -319,6 +319,7 @@ def main() -> None:
     parser.add_argument("--plot", help="write a PNG of speed-up and memory ratio against length here")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
+    parser.add_argument("--modes", nargs="+", default=["forward", "train"], choices=["forward", "train"])
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--_measure", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--ckpt", help=argparse.SUPPRESS)
@@ -343,7 +344,7 @@ def main() -> None:
         make_checkpoint(tmp, args.layers, args.preset)
         rows, fp32_refs = [], {}
         for dtype, inputs, length, mode, impl in itertools.product(
-            args.dtypes, args.inputs, args.lengths, ("forward", "train"), args.impls
+            args.dtypes, args.inputs, args.lengths, args.modes, args.impls
         ):
             if impl == "transformers-sdpa" or (impl == "fastankh-flex" and mode == "train" and args.device == "cpu"):
                 continue  # the reference is measured per row below; no flex backward on CPU
