@@ -27,8 +27,9 @@ saved like the ElnaggarLab ones, 3 optimizer steps of batch 2 on ss3_local, then
 set of the process (VmHWM) and the size of each checkpoint file written; plus the activation check: the peak
 resident set growth during one forward + backward of one sequence of length L on the bare encoder (process with
 MALLOC_MMAP_THRESHOLD_=65536 so freed blocks return to the system, VmHWM reset through /proc/self/clear_refs),
-minus the gradients, per layer, against the fp32 formula (16 d + 16 inner + 12 d_ff per token, plus sdpa's
-shared fp32 mask, 4 L heads bytes per token, spread over the layers).
+minus the gradients, per layer, against the fp32 formula (16 d + 16 inner + 12 d_ff per token, plus four fp32
+(heads, L, L) tensors that are not per layer, spread over the layers: sdpa's bias + padding mask and its gradient,
+and the probabilities and their gradient that one layer's backward recomputes).
 """
 
 from __future__ import annotations
@@ -268,13 +269,13 @@ def measured(layers: int) -> str:
             rows.append(f"| {mode} | {t / 1e6:.2f}M (+ head) | {size / 1e6:.2f} | {t * 12 / 1e6:.2f} | {peak:.2f} |")
         rows += [
             "",
-            "| L | measured activation growth / layer MB (fp32, sdpa, CPU) | formula fp32 + shared mask / layer MB |",
+            "| L | measured activation growth / layer MB (fp32, sdpa, CPU) | formula fp32 + shared L x L / layer MB |",
             "|---|---|---|",
         ]
         for length in (512, 1024):
             r = run_child("--child-act", str(base), str(length), env={"MALLOC_MMAP_THRESHOLD_": "65536"})
-            mask = 4 * length * length * s["heads"] / layers
-            formula = length * activation_bytes_per_token_layer(s, bf16=False) + mask
+            shared = 4 * (4 * length * length * s["heads"]) / layers
+            formula = length * activation_bytes_per_token_layer(s, bf16=False) + shared
             rows.append(f"| {length} | {r['growth'] / layers / 1e6:.1f} | {formula / 1e6:.1f} |")
         return "\n".join(rows)
 
