@@ -21,23 +21,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-
-@contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """A temp path beside `path`: renamed over `path` (after fsync) when the block succeeds, removed
-    when it fails, so a reader sees the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    tmp.touch(exist_ok=False)  # the umask's permissions, as a plain open() gives (mkstemp: owner only)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+from fastankh.atomic import atomic_path
 
 
 def replace_dir(new: Path, target: Path) -> None:

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig
 
 from fastankh import load_tokenizer
+from fastankh.atomic import atomic_path
 from fastankh.batching import length_batches
 from fastankh.modeling_tasks import MIN_CONTACT_SEPARATION
 from fastankh.precision import resolve_precision
@@ -46,7 +47,6 @@ from fastankh.tokenization import prefix_length
 from tasks import inference
 from tasks.data_sources import DataError
 from tasks.kinds import TASK_KINDS, kind_of_model
-from tasks.outputs import atomic_path
 
 OUTPUT_SUFFIXES = (".csv", ".parquet")
 MAPS_SUFFIX = ".npz"

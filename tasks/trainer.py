@@ -35,7 +35,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from tasks.outputs import atomic_path, write_text_atomic
+from fastankh.atomic import atomic_path
+from tasks.outputs import write_text_atomic
 
 WANDB_ID_FILE = "wandb_run_id"
 SHARDED_META = "meta.pt"  # the metadata file of a sharded (FSDP) checkpoint folder, as Lightning names it
