@@ -61,13 +61,10 @@ def _gated(act: nn.Module, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor
     return act(gate) * up
 
 
-# The gated middle's backward for the activations the ANKH family uses: name -> (forward, input gradient).
-_GATE_ACTIVATIONS = {
-    "gelu_pytorch_tanh": (
-        lambda x: F.gelu(x, approximate="tanh"),
-        lambda grad, x: torch.ops.aten.gelu_backward(grad, x, approximate="tanh"),
-    ),
-    "silu": (F.silu, torch.ops.aten.silu_backward),
+# Input gradient of the activations the ANKH family uses (ACT2FN names), for _GatedActivation's backward.
+_ACTIVATION_BACKWARD = {
+    "gelu_pytorch_tanh": lambda grad, x: torch.ops.aten.gelu_backward(grad, x, approximate="tanh"),
+    "silu": torch.ops.aten.silu_backward,
 }
 
 
@@ -77,17 +74,16 @@ class _GatedActivation(torch.autograd.Function):
     saved activation after the attention probabilities. The gradients are autograd's, op for op."""
 
     @staticmethod
-    def forward(ctx, gate: torch.Tensor, up: torch.Tensor, activation: str) -> torch.Tensor:
+    def forward(ctx, gate: torch.Tensor, up: torch.Tensor, act: nn.Module, act_backward) -> torch.Tensor:
         ctx.save_for_backward(gate, up)
-        ctx.activation = activation
-        return _GATE_ACTIVATIONS[activation][0](gate) * up
+        ctx.act, ctx.act_backward = act, act_backward
+        return act(gate) * up
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
         gate, up = ctx.saved_tensors
-        act, act_backward = _GATE_ACTIVATIONS[ctx.activation]
-        return act_backward(grad * up, gate), grad * act(gate), None
+        return ctx.act_backward(grad * up, gate), grad * ctx.act(gate), None, None
 
 
 _REGIONS: dict[str, object] = {}
@@ -271,10 +267,11 @@ class FastAnkhFeedForward(nn.Module):
             hidden = self.act(self.wi_0(x))
             return self.wo(self.dropout(hidden.mul_(self.wi_1(x))))
         gate, up = self.wi_0(x), self.wi_1(x)
-        if compiled or self.activation not in _GATE_ACTIVATIONS or not (gate.requires_grad or up.requires_grad):
+        act_backward = _ACTIVATION_BACKWARD.get(self.activation)
+        if compiled or act_backward is None or not (gate.requires_grad or up.requires_grad):
             hidden = _region(_gated, compiled)(self.act, gate, up)
         else:
-            hidden = _GatedActivation.apply(gate, up, self.activation)
+            hidden = _GatedActivation.apply(gate, up, self.act, act_backward)
         return self.wo(self.dropout(hidden))
 
 

@@ -37,8 +37,8 @@ def test_gradients_equal_autograds_bit_for_bit(monkeypatch, preset, dtype):
     module = ffn(preset).to(dtype)
     x = torch.randn(37, module.wi_0.in_features, dtype=dtype, requires_grad=True)
     grads = []
-    for activations in (dict(modeling._GATE_ACTIVATIONS), {}):  # {}: autograd's act + mul
-        monkeypatch.setattr(modeling, "_GATE_ACTIVATIONS", activations)
+    for activations in (dict(modeling._ACTIVATION_BACKWARD), {}):  # {}: autograd's act + mul
+        monkeypatch.setattr(modeling, "_ACTIVATION_BACKWARD", activations)
         module.zero_grad(set_to_none=True)
         x.grad = None
         out = module(x)
@@ -53,7 +53,7 @@ def test_training_keeps_one_d_ff_tensor_less(monkeypatch, preset):
     module = ffn(preset)
     x = torch.randn(11, module.wi_0.in_features, requires_grad=True)
     assert saved_d_ff_tensors(module, x) == 3  # gate, up, and wo's input
-    monkeypatch.setattr(modeling, "_GATE_ACTIVATIONS", {})
+    monkeypatch.setattr(modeling, "_ACTIVATION_BACKWARD", {})
     assert saved_d_ff_tensors(module, x) == 4  # autograd also keeps act(gate)
 
 
