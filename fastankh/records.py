@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import RecordError
+
 STANDARD_RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
 ALLOWED_RESIDUES = frozenset(STANDARD_RESIDUES + "XBOUZ")
 ROW = "__row__"
@@ -35,10 +37,6 @@ TABLE_SEPARATORS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
 PARQUET_SUFFIXES = (".parquet", ".pq")
 FASTA_SUFFIXES = (".fasta", ".fa", ".faa", ".fas")
 RECORD_SUFFIXES = (*TABLE_SEPARATORS, *PARQUET_SUFFIXES, *FASTA_SUFFIXES)
-
-
-class RecordError(ValueError):
-    """Bad input records or files; one line per problem, naming the file and the row or line."""
 
 
 def file_suffix(name: str | os.PathLike) -> str:
