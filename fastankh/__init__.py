@@ -14,13 +14,13 @@ from transformers import (
 
 from .batching import length_batches
 from .configuration_fastankh import ATTN_BACKENDS, PRESETS, FastAnkhConfig
+from .embeddings import embed_dataset, open_embeddings
 from .modeling_fastankh import FastAnkhForMaskedLM, FastAnkhModel, FastAnkhPreTrainedModel
 from .modeling_tasks import (
     FastAnkhForContactPrediction,
     FastAnkhForSequenceClassification,
     FastAnkhForTokenClassification,
 )
-from .protein_embeddings import embed_dataset
 from .records import clean_sequence, read_fasta, read_records
 from .tokenization import load_tokenizer, prefix_length
 
@@ -40,9 +40,6 @@ FastAnkhForSequenceClassification.register_for_auto_class("AutoModelForSequenceC
 # one (remote code only; locally AutoModelForTokenClassification stays FastAnkhForTokenClassification).
 FastAnkhForContactPrediction.register_for_auto_class("AutoModelForTokenClassification")
 
-# Attached here, not in the modeling file: that file travels to the Hub as self-contained remote code.
-FastAnkhModel.embed_dataset = embed_dataset
-
 __all__ = [
     "ATTN_BACKENDS",
     "PRESETS",
@@ -54,6 +51,7 @@ __all__ = [
     "FastAnkhForContactPrediction",
     "FastAnkhPreTrainedModel",
     "embed_dataset",
+    "open_embeddings",
     "read_fasta",
     "read_records",
     "clean_sequence",

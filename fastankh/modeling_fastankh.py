@@ -30,6 +30,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput
 
 from .configuration_fastankh import ARCHITECTURE_FIELDS, FastAnkhConfig
+from .embedding_method import EmbeddingMixin
 from .precision import resolve_precision
 from .t5_conversion import (  # noqa: F401  (_checkpoint_model_type: used by modeling_tasks.py)
     _checkpoint_config,
@@ -652,7 +653,7 @@ class FastAnkhPreTrainedModel(PreTrainedModel):
         return (model, info) if want_info else model
 
 
-class FastAnkhModel(FastAnkhPreTrainedModel):
+class FastAnkhModel(EmbeddingMixin, FastAnkhPreTrainedModel):
     """ANKH encoder: token ids -> per-token hidden states (B, L, d_model)."""
 
     def __init__(self, config: FastAnkhConfig):
@@ -687,8 +688,6 @@ class FastAnkhModel(FastAnkhPreTrainedModel):
             inputs_embeds = self.embed_tokens(input_ids)
         out = self.encoder(inputs_embeds, attention_mask, output_hidden_states=bool(output_hidden_states))
         return out if return_dict is not False else out.to_tuple()
-
-    # embed_dataset (fastankh/protein_embeddings.py) is attached when the fastankh package is imported.
 
 
 def counted_loss(logits: torch.Tensor, labels: torch.Tensor, counted: torch.Tensor, problem_type: str) -> torch.Tensor:

@@ -70,7 +70,7 @@ def test_bf16_embeddings_agree_with_fp32_and_leave_the_model_alone(model, monkey
 def test_resuming_with_another_compute_precision_is_refused(model, tmp_path):
     path = tmp_path / "emb.safetensors"
     embed_dataset(model, {"a": SEQS["a"]}, save_path=path, precision="32", progress=False)
-    with pytest.raises(ValueError, match="compute=float32, this run asks compute=bfloat16"):
+    with pytest.raises(ValueError, match="precision=float32, this run has precision=bfloat16"):
         embed_dataset(model, SEQS, save_path=path, precision="bf16", progress=False)
 
 

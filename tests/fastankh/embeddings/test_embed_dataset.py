@@ -1,13 +1,10 @@
-"""embed_dataset (fastankh/protein_embeddings.py): keys and order, residue-only pooling, batch invariance,
-safetensors save/resume, errors."""
+"""embed_dataset (fastankh/embeddings): keys and order, residue-only pooling, layers and poolings, batch
+invariance, windows, the duplicate policy, errors. Stores and resume: test_stores.py."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
-from safetensors import safe_open
 
 from fastankh import FastAnkhConfig, FastAnkhModel, embed_dataset, load_tokenizer, read_fasta
 
@@ -26,30 +23,6 @@ def ankh3_model():
     return FastAnkhModel(FastAnkhConfig.from_preset("ankh_tiny", num_layers=2, vocab_size=256)).eval()
 
 
-class ForwardRecorder:
-    """Records the (batch, width) of every forward; optionally fails at call `fail_at` (1-based)."""
-
-    def __init__(self, model, fail_at: int | None = None):
-        self.shapes: list[tuple[int, int]] = []
-        self.fail_at = fail_at
-        self.handle = model.register_forward_pre_hook(self, with_kwargs=True)
-
-    def __call__(self, module, args, kwargs):
-        if self.fail_at is not None and len(self.shapes) + 1 == self.fail_at:
-            raise KeyboardInterrupt("simulated interruption")
-        self.shapes.append(tuple(kwargs["input_ids"].shape))
-
-    @property
-    def rows(self) -> int:
-        return sum(b for b, _ in self.shapes)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.handle.remove()
-
-
 def _hidden(model, seq: str) -> torch.Tensor:
     """last_hidden_state of one unpadded sequence, computed directly: (tokens, d_model)."""
     ids = load_tokenizer(model.config)(seq, return_tensors="pt")["input_ids"]
@@ -57,9 +30,9 @@ def _hidden(model, seq: str) -> torch.Tensor:
         return model(input_ids=ids).last_hidden_state[0]
 
 
-def test_list_keys_are_sequences_in_input_order(model):
+def test_list_keys_are_sequences_in_input_order(model, forwards):
     inputs = SEQS + ["MA", "mk ta y"]  # a repeat, and whitespace/lowercase kept as its own key
-    with ForwardRecorder(model) as rec:
+    with forwards(model) as rec:
         out = embed_dataset(model, inputs, batch_size=2, progress=False)
     assert list(out) == SEQS + ["mk ta y"]
     assert all(v.shape == (96,) and v.dtype == torch.float32 and v.device.type == "cpu" for v in out.values())
@@ -116,8 +89,8 @@ def test_alone_equals_inside_a_mixed_length_batch(model):
     torch.testing.assert_close(pooled_batch, pooled_alone, atol=1e-5, rtol=0)
 
 
-def test_max_tokens_caps_padded_batch_size(model):
-    with ForwardRecorder(model) as rec:
+def test_max_tokens_caps_padded_batch_size(model, forwards):
+    with forwards(model) as rec:
         embed_dataset(model, SEQS, batch_size=16, max_tokens=24, progress=False)
     assert rec.rows == len(SEQS)
     assert all(b * w <= 24 for b, w in rec.shapes if b > 1)
@@ -127,85 +100,6 @@ def test_max_tokens_caps_padded_batch_size(model):
 def test_dtype_is_honoured(model):
     out = embed_dataset(model, ["MKT"], dtype=torch.bfloat16, progress=False)["MKT"]
     assert out.dtype == torch.bfloat16
-
-
-def test_resume_computes_only_missing_ids(model, tmp_path):
-    path = tmp_path / "emb.safetensors"
-    first = embed_dataset(model, {"a": SEQS[0], "b": SEQS[1], "c": SEQS[2]}, save_path=path, progress=False)
-    assert os.listdir(tmp_path) == ["emb.safetensors"]  # no temp file left behind
-    with safe_open(path, framework="pt") as f:
-        assert sorted(f.keys()) == ["a", "b", "c"]
-        assert f.metadata()["output"] == "pooled_mean"
-
-    more = {"a": SEQS[0], "b": SEQS[1], "c": SEQS[2], "d": SEQS[3], "e": SEQS[4]}
-    with ForwardRecorder(model) as rec:
-        second = embed_dataset(model, more, save_path=path, batch_size=1, progress=False)
-    assert rec.rows == 2  # only d and e ran
-    assert list(second) == list(more)
-    for key in "abc":
-        assert torch.equal(second[key], first[key])
-    with ForwardRecorder(model) as rec:
-        third = embed_dataset(model, more, save_path=path, progress=False)
-    assert rec.rows == 0
-    assert torch.equal(third["e"], second["e"])
-    assert os.listdir(tmp_path) == ["emb.safetensors"]
-
-
-def test_crash_while_saving_keeps_the_previous_file(model, tmp_path, monkeypatch):
-    """Atomic writes: a save that dies half-way leaves the last good file byte-identical."""
-    import fastankh.protein_embeddings as embedding
-
-    path = tmp_path / "emb.safetensors"
-    embed_dataset(model, {"a": SEQS[0]}, save_path=path, progress=False)
-    good = path.read_bytes()
-    real_save = embedding.save_file
-
-    def save_half_then_crash(tensors, filename, metadata=None):
-        real_save(tensors, filename, metadata=metadata)
-        with open(filename, "r+b") as f:
-            f.truncate(os.path.getsize(filename) // 2)
-        raise OSError("disk full")
-
-    monkeypatch.setattr(embedding, "save_file", save_half_then_crash)
-    with pytest.raises(OSError, match="disk full"):
-        embed_dataset(model, {"a": SEQS[0], "b": SEQS[1]}, save_path=path, progress=False)
-    assert path.read_bytes() == good
-    assert os.listdir(tmp_path) == ["emb.safetensors"]  # the half-written temp file is gone too
-    monkeypatch.setattr(embedding, "save_file", real_save)
-    with ForwardRecorder(model) as rec:
-        embed_dataset(model, {"a": SEQS[0], "b": SEQS[1]}, save_path=path, progress=False)
-    assert rec.rows == 1  # "a" still comes from the file
-
-
-def test_interrupted_run_keeps_saved_batches(model, tmp_path):
-    path = tmp_path / "emb.safetensors"
-    data = {f"s{i}": seq for i, seq in enumerate(SEQS)}
-    with ForwardRecorder(model, fail_at=3), pytest.raises(KeyboardInterrupt):
-        embed_dataset(model, data, save_path=path, batch_size=1, save_every=1, progress=False)
-    with safe_open(path, framework="pt") as f:
-        assert len(list(f.keys())) == 2
-    assert os.listdir(tmp_path) == ["emb.safetensors"]
-    with ForwardRecorder(model) as rec:
-        out = embed_dataset(model, data, save_path=path, batch_size=1, progress=False)
-    assert rec.rows == 3
-    assert list(out) == list(data)
-
-
-def test_resume_with_other_options_is_refused(model, tmp_path):
-    path = tmp_path / "emb.safetensors"
-    embed_dataset(model, ["MKT"], save_path=path, progress=False)
-    with pytest.raises(ValueError, match="output=pooled_mean.*output=pooled_max"):
-        embed_dataset(model, ["MA"], save_path=path, pooling="max", progress=False)
-    with pytest.raises(ValueError, match="per_residue"):
-        embed_dataset(model, ["MA"], save_path=path, full_embeddings=True, progress=False)
-    with pytest.raises(ValueError, match="dtype"):
-        embed_dataset(model, ["MA"], save_path=path, dtype=torch.float16, progress=False)
-    foreign = tmp_path / "other.safetensors"
-    from safetensors.torch import save_file
-
-    save_file({"x": torch.zeros(2)}, foreign)
-    with pytest.raises(ValueError, match="not a FastANKH embeddings file"):
-        embed_dataset(model, ["MA"], save_path=foreign, progress=False)
 
 
 def test_model_training_flag_is_restored(model):
@@ -231,6 +125,9 @@ def test_truncate(model):
         ({"a": "MKT", "b": "  "}, {}, ValueError, r"record 'b': empty sequence"),
         (["M<extra_id_0>K"], {}, ValueError, r"sequence #0: unknown residue letter\(s\) '0', '<'"),
         (["MKT"], {"pooling": "cls"}, ValueError, r"pooling must be one of"),
+        (["MKT"], {"pooling": "mean+cls"}, ValueError, r"pooling must be one of"),
+        (["MKT"], {"layers": [5]}, ValueError, r"layers \[5\] out of range: the encoder has hidden states 0..2"),
+        (["MKT"], {"dtype": "int8"}, ValueError, r"dtype must be one of"),
         ("MKTAYIAKQ", {}, ValueError, r"not an existing file"),
         ("missing.fasta", {}, FileNotFoundError, r"missing.fasta: file not found"),
         (["MKT", "MKJ"], {}, ValueError, r"sequence #1: unknown residue letter\(s\) 'J'"),
@@ -238,8 +135,8 @@ def test_truncate(model):
         ([b"MKT"], {}, TypeError, r"sequence #0: expected a string"),
     ],
 )
-def test_bad_input_is_one_clear_error(model, sequences, kwargs, error, match):
-    with ForwardRecorder(model) as rec, pytest.raises(error, match=match):
+def test_bad_input_is_one_clear_error(model, sequences, kwargs, error, match, forwards):
+    with forwards(model) as rec, pytest.raises(error, match=match):
         embed_dataset(model, sequences, progress=False, **kwargs)
     assert rec.rows == 0  # raised before any compute
 
@@ -287,17 +184,6 @@ def test_matches_transformers_t5_encoder_on_the_same_weights(tmp_path):
         torch.testing.assert_close(got[seq], expected[seq], atol=1e-5, rtol=1e-5)
 
 
-def test_saved_file_has_the_umask_permissions(model, tmp_path):
-    """The store is written through fastankh.atomic.atomic_path: a normal file, not mkstemp's owner-only 0600."""
-    old = os.umask(0o022)
-    try:
-        path = tmp_path / "emb.safetensors"
-        embed_dataset(model, ["MKT"], save_path=path, progress=False)
-    finally:
-        os.umask(old)
-    assert os.stat(path).st_mode & 0o777 == 0o644
-
-
 def test_table_input_uses_the_shared_reader(model, tmp_path):
     """A CSV path works like a FASTA one: same reader as training and predict ("NA" is two residues)."""
     (tmp_path / "in.csv").write_text("id,sequence\na,mk v*\nb,NA\n")
@@ -305,3 +191,77 @@ def test_table_input_uses_the_shared_reader(model, tmp_path):
     assert list(out) == ["a", "b"] and out["a"].shape == (3, 96) and out["b"].shape == (2, 96)
     direct = embed_dataset(model, ["MKV"], full_embeddings=True, progress=False)["MKV"]
     torch.testing.assert_close(out["a"], direct, atol=1e-5, rtol=0)
+
+
+def test_layers_and_poolings_concatenate_in_the_documented_order(model):
+    seq = "MKTAYIAKQRQISFVKSHF"
+    ids = load_tokenizer(model.config)(seq, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        states = model(input_ids=ids, output_hidden_states=True).hidden_states  # embeddings, block 1, final
+    residues = [h[0, : len(seq)] for h in states]
+    out = embed_dataset(model, [seq], layers=[1, -1], pooling="mean+max+min+std", progress=False)[seq]
+    both = torch.cat([residues[1], residues[2]], -1)  # layer 1 then the last, each d_model wide
+    expected = torch.cat([both.mean(0), both.amax(0), both.amin(0), both.std(0, correction=0)])
+    assert out.shape == (4 * 2 * 96,)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+    full = embed_dataset(model, [seq], layers=0, full_embeddings=True, progress=False)[seq]
+    torch.testing.assert_close(full, residues[0], atol=1e-6, rtol=0)  # layer 0: the embedding output
+    last = embed_dataset(model, [seq], layers=2, progress=False)[seq]  # 2 == -1 on a 2-layer model
+    torch.testing.assert_close(last, embed_dataset(model, [seq], progress=False)[seq], atol=0, rtol=0)
+
+
+def test_windows_bound_the_sort_and_keep_input_order(model, forwards):
+    """Length sorting happens inside each window of `window` records; results come back in input order."""
+    seqs = ["MA", "M" * 30, "MKT", "M" * 20, "MK", "M" * 25]
+    with forwards(model) as rec:
+        out = embed_dataset(model, seqs, batch_size=1, window=2, progress=False)
+    assert list(out) == seqs
+    # Window by window: (MA, M*30) -> 31 then 3 tokens; (MKT, M*20) -> 21, 4; (MK, M*25) -> 26, 3 tokens.
+    assert [w for _, w in rec.shapes] == [31, 3, 21, 4, 26, 3]
+    whole = embed_dataset(model, seqs, batch_size=1, progress=False)
+    assert all(torch.allclose(out[s], whole[s], atol=1e-6) for s in seqs)
+
+
+def test_duplicate_policy_same_id_same_sequence_is_one_record(model, tmp_path, forwards):
+    fasta = tmp_path / "dup.fa"
+    fasta.write_text(">a\nMKT\n>b\nMA\n>a\nmkt\n>c\nMKT\n")
+    with forwards(model) as rec:
+        out = embed_dataset(model, fasta, progress=False)
+    assert list(out) == ["a", "b", "c"]
+    assert rec.rows == 2  # MKT once for a and c (same window), MA once
+    assert torch.equal(out["a"], out["c"]) and out["a"].data_ptr() != out["c"].data_ptr()
+
+
+def test_iterables_of_pairs_are_streamed(model):
+    def pairs():
+        yield ("x", "MKT")
+        yield ("y", "MA")
+
+    out = embed_dataset(model, pairs(), progress=False)
+    assert list(out) == ["x", "y"]
+    direct = embed_dataset(model, {"x": "MKT", "y": "MA"}, progress=False)["x"]
+    assert torch.equal(out["x"], direct)
+
+    def bad():
+        yield ("x", "MKT")
+        yield ("y", "MJ")
+
+    with pytest.raises(ValueError, match=r"record 'y': unknown residue letter\(s\) 'J'"):
+        embed_dataset(model, bad(), progress=False)
+
+
+def test_a_bad_record_late_in_a_file_stops_before_any_compute(model, tmp_path, forwards):
+    fasta = tmp_path / "late.fa"
+    fasta.write_text("".join(f">p{i}\nMKTAY\n" for i in range(50)) + ">bad\nMKJ\n")
+    with forwards(model) as rec, pytest.raises(ValueError, match=r"late\.fa: row 51 \(id bad\)"):
+        embed_dataset(model, fasta, window=4, progress=False)
+    assert rec.rows == 0
+
+
+def test_method_is_a_real_method_of_the_class(model):
+    from fastankh.embedding_method import EmbeddingMixin
+
+    assert isinstance(model, EmbeddingMixin)
+    assert "embed_dataset" in EmbeddingMixin.__dict__
+    out = model.embed_dataset(sequences=["MKT", "MA"], batch_size=8, max_len=512, full_embeddings=True, progress=False)
+    assert out["MKT"].shape == (3, 96)
