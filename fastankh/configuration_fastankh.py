@@ -1,6 +1,7 @@
-"""FastANKH configuration: T5 v1.1 encoder field names, ANKH presets and the attention backend.
+"""FastANKH configuration: T5 v1.1 encoder field names, ANKH presets (hub ids pinned to a revision), the
+attention setting, and REMOTE_CODE_FILES, the files that travel to the Hub as remote code.
 
-This file travels to the Hub as remote code: it imports only torch/transformers.
+This file travels to the Hub as remote code: it imports only torch/transformers and its sibling attention.py.
 """
 
 from __future__ import annotations
@@ -9,7 +10,22 @@ from typing import Any
 
 from transformers import PreTrainedConfig
 
-ATTN_BACKENDS = ("sdpa", "flex", "kernels_flash")
+from .attention import ATTN_BACKENDS, backend_name, transformers_name
+
+# The files a saved FastANKH folder carries as remote code (save_pretrained copies them; the config's auto_map names
+# their classes): the modeling files and every sibling they import, so transformers alone runs them.
+REMOTE_CODE_FILES = (
+    "configuration_fastankh.py",
+    "attention.py",
+    "runtime.py",
+    "losses.py",
+    "embedding_method.py",
+    "precision.py",
+    "t5_conversion.py",
+    "modeling_fastankh.py",
+    "heads.py",
+    "modeling_tasks.py",
+)
 FLEX_KERNELS = ("auto", "triton", "flash")
 # Fields that fix what the weights mean: a checkpoint only loads with its own values of these.
 ARCHITECTURE_FIELDS = (
@@ -26,10 +42,12 @@ ARCHITECTURE_FIELDS = (
 )
 
 # Shapes of the released ANKH encoders (see README "Models"). `hub_id` is the original
-# ElnaggarLab T5ForConditionalGeneration checkpoint that `from_pretrained` converts on the fly.
+# ElnaggarLab T5ForConditionalGeneration checkpoint that `from_pretrained` converts on the fly; `revision` the
+# commit of it that FastANKH loads (the official one), so a change on the Hub never changes weights or tokenizer.
 PRESETS: dict[str, dict[str, Any]] = {
     "ankh_base": dict(
         hub_id="ElnaggarLab/ankh-base",
+        revision="d99cb6b966530dfc2ae96bc69d9255c2a07308b0",
         vocab_size=144,
         d_model=768,
         d_kv=64,
@@ -40,6 +58,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     "ankh_large": dict(
         hub_id="ElnaggarLab/ankh-large",
+        revision="74b371dbfa3ee0a05d32ae74df0c2e0b82d6b9a6",
         vocab_size=144,
         d_model=1536,
         d_kv=64,
@@ -50,6 +69,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     "ankh2_large": dict(
         hub_id="ElnaggarLab/ankh2-ext2",
+        revision="aa9b9fa72288c47d9f618ce80c011e24b54e17a8",
         vocab_size=144,
         d_model=1536,
         d_kv=64,
@@ -60,6 +80,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     "ankh3_large": dict(
         hub_id="ElnaggarLab/ankh3-large",
+        revision="2be091622e8a393f0ef21735070084123c874b6e",
         vocab_size=256,
         d_model=1536,
         d_kv=64,
@@ -70,6 +91,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     "ankh3_xl": dict(
         hub_id="ElnaggarLab/ankh3-xl",
+        revision="e00113df5c95ef71df7ea3f5a73d56bd00e473a4",
         vocab_size=256,
         d_model=2560,
         d_kv=64,
@@ -82,6 +104,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # inner_dim = 4*32 = 128 != d_model = 96, like the large models.
     "ankh_tiny": dict(
         hub_id=None,
+        revision=None,
         vocab_size=144,
         d_model=96,
         d_kv=32,
@@ -98,7 +121,9 @@ class FastAnkhConfig(PreTrainedConfig):
 
     Field names follow `T5Config` so original ANKH `config.json` files load unchanged;
     `hidden_size`, `num_attention_heads`, `num_hidden_layers` and `head_dim` are aliases.
-    `attn_backend` picks the attention kernel: "sdpa", "flex" or "kernels_flash". `flex_kernel` picks flex's
+    `attn_backend` picks the attention implementation (attention.py): "auto", "sdpa", "flex", "kernels_flash" or
+    "eager"; transformers' `_attn_implementation` is the same setting in its spelling ("flex_attention" for
+    "flex"). `flex_kernel` picks flex's
     GPU kernel: "auto" (FLASH/FA4 on Hopper and Blackwell where flash_attn.cute is installed, else Triton),
     "triton" or "flash".
     """
@@ -141,8 +166,7 @@ class FastAnkhConfig(PreTrainedConfig):
             self.dense_act_fn = "gelu_new" if act == "gelu" else act
         if self.feed_forward_proj is None:
             self.feed_forward_proj = "gated-gelu" if self.dense_act_fn == "gelu_new" else f"gated-{self.dense_act_fn}"
-        if self.attn_backend not in ATTN_BACKENDS:
-            raise ValueError(f"attn_backend must be one of {ATTN_BACKENDS}, got {self.attn_backend!r}")
+        self.attn_backend = backend_name(self.attn_backend)
         if self.compile_regions not in ("auto", True, False):
             raise ValueError(f"compile_regions must be 'auto', true or false, got {self.compile_regions!r}")
         if self.flex_kernel not in FLEX_KERNELS:
@@ -150,6 +174,17 @@ class FastAnkhConfig(PreTrainedConfig):
         kwargs.pop("is_encoder_decoder", None)
         self.tie_word_embeddings = False
         super().__post_init__(**kwargs)
+
+    @property
+    def _attn_implementation_internal(self) -> str:
+        """transformers' attention setting (what `attn_implementation=`, `set_attn_implementation` and
+        `_attn_implementation` read and write): `attn_backend` in transformers' spelling, one setting."""
+        return transformers_name(self.attn_backend)
+
+    @_attn_implementation_internal.setter
+    def _attn_implementation_internal(self, value: str | None) -> None:
+        if value is not None:  # None: nothing asked
+            self.attn_backend = backend_name(value)
 
     @property
     def inner_dim(self) -> int:
@@ -160,7 +195,7 @@ class FastAnkhConfig(PreTrainedConfig):
         """Config of a named ANKH model (`ankh_base`, ..., `ankh3_xl`, `ankh_tiny`) with overrides."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-        fields = {k: v for k, v in PRESETS[name].items() if k != "hub_id"}
+        fields = {k: v for k, v in PRESETS[name].items() if k not in ("hub_id", "revision")}
         fields.update(overrides)
         config = cls(**fields)
         config.preset = name
@@ -172,4 +207,9 @@ class FastAnkhConfig(PreTrainedConfig):
         return PRESETS[name]["hub_id"]
 
 
-__all__ = ["FastAnkhConfig", "PRESETS", "ATTN_BACKENDS", "ARCHITECTURE_FIELDS"]
+def pinned_revision(name_or_path: str) -> str | None:
+    """The pinned revision of a preset's hub id (None for anything else: a directory, another repo)."""
+    return next((p["revision"] for p in PRESETS.values() if p["hub_id"] and p["hub_id"] == name_or_path), None)
+
+
+__all__ = ["FastAnkhConfig", "PRESETS", "ATTN_BACKENDS", "ARCHITECTURE_FIELDS", "REMOTE_CODE_FILES", "pinned_revision"]

@@ -2,24 +2,19 @@
 
 Semantics match `transformers.T5EncoderModel`: pre-RMSNorm blocks, no biases, gated FFN,
 UNSCALED attention with a bucketed relative position bias, final RMSNorm. Differences are in
-how the work is done: the position bias is built once per forward and shared by every layer,
-and attention runs through one of
-
-- "sdpa": `scaled_dot_product_attention(scale=1.0)` with one additive float mask (bias + key padding);
-- "flex": `flex_attention` with a score_mod that reads the bias from a (2L-1, heads) table indexed by
-  the relative distance (no L x L x H tensor) and a block mask that skips padded key blocks;
-- "kernels_flash": flash kernels cannot take an arbitrary bias, so this falls back to flex (GPU) or sdpa.
+how the work is done: the position bias is built once per forward and shared by every layer, and
+attention runs through one of the implementations of attention.py (sdpa, flex, eager), chosen there from
+`config.attn_backend`, which transformers' `attn_implementation` / `set_attn_implementation` also set.
 
 This file travels to the Hub as remote code: it imports only torch, transformers and its siblings, relatively
-(the config file and t5_conversion.py, which transformers' save_pretrained copies next to it).
+(the files of configuration_fastankh.REMOTE_CODE_FILES, which save_pretrained copies next to it).
 """
 
 from __future__ import annotations
 
 import math
 import os
-import warnings
-from dataclasses import dataclass
+import shutil
 
 import torch
 import torch.nn.functional as F
@@ -29,9 +24,19 @@ from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput
 
-from .configuration_fastankh import ARCHITECTURE_FIELDS, FastAnkhConfig
+from .attention import (
+    ATTENTION_IMPLEMENTATIONS,
+    AttentionInputs,
+    attention_inputs,
+    backend_name,
+    resolve_backend,
+    transformers_name,
+)
+from .configuration_fastankh import ARCHITECTURE_FIELDS, REMOTE_CODE_FILES, FastAnkhConfig, pinned_revision
 from .embedding_method import EmbeddingMixin
+from .losses import counted_loss
 from .precision import resolve_precision
+from .runtime import RUNTIME, warn_once
 from .t5_conversion import (  # noqa: F401  (_checkpoint_model_type: used by modeling_tasks.py)
     _checkpoint_config,
     _checkpoint_model_type,
@@ -41,8 +46,8 @@ from .t5_conversion import (  # noqa: F401  (_checkpoint_model_type: used by mod
     t5_key_to_fastankh,
 )
 
-FLEX_BLOCK = 128  # flex's sparse block size
-FLEX_MIN_ROW = 1024  # the shortest packed flex row (see flex_row_length)
+# from_pretrained keyword arguments that are config attributes too but here are loading options.
+_DTYPE_KWARGS = ("dtype", "torch_dtype")
 
 
 # --------------------------------------------------------------------------------------------
@@ -87,32 +92,28 @@ class _GatedActivation(torch.autograd.Function):
         return ctx.act_backward(grad * up, gate), grad * ctx.act(gate), None, None
 
 
-_REGIONS: dict[str, object] = {}
-_REGIONS_PROVEN: set[str] = set()
-
-
 def _region(fn, compiled: bool):
     """`fn`, or its torch.compile'd twin (dynamic shapes: one graph for every token count) when `compiled`.
 
     Inductor fuses each region's elementwise chain into one kernel (the same ops, casts included). A first
     call that cannot compile (no C++ compiler, an unsupported backend) warns once and runs eager for good."""
     name = fn.__name__
-    if not compiled or _REGIONS.get(name, True) is None:
+    if not compiled or RUNTIME.regions.get(name, True) is None:
         return fn
-    if name not in _REGIONS:
-        _REGIONS[name] = torch.compile(fn, dynamic=True)
-    compiled_fn = _REGIONS[name]
-    if name in _REGIONS_PROVEN:
+    if name not in RUNTIME.regions:
+        RUNTIME.regions[name] = torch.compile(fn, dynamic=True)
+    compiled_fn = RUNTIME.regions[name]
+    if name in RUNTIME.regions_proven:
         return compiled_fn
 
     def first_call(*args):
         try:
             out = compiled_fn(*args)
         except Exception as err:  # noqa: BLE001 - a compile failure of any kind means: eager, as before
-            _REGIONS[name] = None
-            _warn_once(f"torch.compile of {name} failed ({type(err).__name__}); running it eagerly")
+            RUNTIME.regions[name] = None
+            warn_once(f"torch.compile of {name} failed ({type(err).__name__}); running it eagerly")
             return fn(*args)
-        _REGIONS_PROVEN.add(name)
+        RUNTIME.regions_proven.add(name)
         return out
 
     return first_call
@@ -186,36 +187,6 @@ class FastAnkhRelativePositionBias(nn.Module):
         return table[:, index].unsqueeze(0)  # gathered straight into a contiguous (1, H, L, L)
 
 
-class _BiasedAttention(torch.autograd.Function):
-    """softmax(q k^T + mask) v on CPU when the mask needs a gradient (a trainable position bias).
-
-    sdpa falls back to its math path then, which keeps every layer's (B, H, L, L) probabilities until the
-    backward: the largest activation at L >= 512. Here the forward is the flash kernel (no L x L tensor kept; on
-    2 cores ~3x faster than math at L=513) and the backward recomputes the probabilities from the saved
-    log-sum-exp, in fp32, one layer at a time. q, k, v: (B, H, L, d_kv); mask: (B or 1, H, L, L)."""
-
-    @staticmethod
-    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=mask, scale=1.0)
-        ctx.save_for_backward(q, k, v, mask, lse)
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        q, k, v, mask, lse = ctx.saved_tensors
-        dtypes = (q.dtype, k.dtype, v.dtype, mask.dtype)
-        q, k, v, grad = q.float(), k.float(), v.float(), grad.float()
-        probs = torch.matmul(q, k.transpose(-1, -2)).add_(mask).sub_(lse.unsqueeze(-1)).exp_()  # (B, H, L, L)
-        grad_v = torch.matmul(probs.transpose(-1, -2), grad)
-        grad_scores = torch.matmul(grad, v.transpose(-1, -2))  # d probs, then in place d scores (softmax backward;
-        grad_scores.sub_((grad_scores * probs).sum(-1, keepdim=True)).mul_(probs)  # sum(dO * O) is off in bf16)
-        del probs
-        grad_q, grad_k = torch.matmul(grad_scores, k), torch.matmul(grad_scores.transpose(-1, -2), q)
-        grad_mask = grad_scores.sum(0, keepdim=True) if mask.size(0) == 1 < q.size(0) else grad_scores
-        return tuple(g.to(dtype) for g, dtype in zip((grad_q, grad_k, grad_v, grad_mask), dtypes))
-
-
 class FastAnkhAttention(nn.Module):
     """Multi-head self-attention, T5 style: no biases, no 1/sqrt(d) scaling, inner_dim = heads * d_kv."""
 
@@ -236,14 +207,9 @@ class FastAnkhAttention(nn.Module):
             return attn.to_attention(t).view(rows, length, self.num_heads, self.d_kv).transpose(1, 2)
 
         q, k, v = heads(self.q(x)), heads(self.k(x)), heads(self.v(x))
-        if attn.backend == "flex":
-            out = _flex_attention(q, k, v, attn)
-        else:
-            mask = attn.mask if attn.mask.dtype == q.dtype else attn.mask.to(q.dtype)
-            if mask.requires_grad and q.device.type == "cpu":
-                out = _BiasedAttention.apply(q, k, v, mask)
-            else:
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
+        out, probabilities = ATTENTION_IMPLEMENTATIONS[attn.backend].attend(q, k, v, attn)
+        if attn.attentions is not None:
+            attn.attentions.append(probabilities)
         return self.o(attn.from_attention(out.transpose(1, 2).reshape(rows * length, -1)))
 
 
@@ -293,178 +259,6 @@ class FastAnkhBlock(GradientCheckpointingLayer):
 
 
 # --------------------------------------------------------------------------------------------
-# Attention inputs shared by every layer of one forward
-# --------------------------------------------------------------------------------------------
-def flex_row_length(tokens: int) -> int:
-    """Length of the one packed flex row holding `tokens` real tokens: FLEX_MIN_ROW * 4**k.
-
-    flex is compiled for static shapes, one graph per row length; rows of 1024, 4096, 16384 and 65536
-    tokens mean any mix of batch sizes and lengths up to 65,536 tokens a batch compiles at most 4 graphs.
-    The unused tail is cheap: its blocks are skipped by the block mask and no matmul outside attention
-    sees it (norms, projections and FFN run on the real tokens only)."""
-    length = FLEX_MIN_ROW
-    while length < tokens:
-        length *= 4
-    return length
-
-
-@dataclass
-class AttentionInputs:
-    """What every layer needs to attend, built once per forward.
-
-    Layout: everything position-wise (norms, projections, FFN) runs on the real tokens only, packed
-    as (N, d_model) rows; `token_index` (N,) says where they sit in the flattened (B * L) padded batch
-    (None: no padding, N = B * L). Attention sees them as `rows` x `length`:
-    - sdpa: the padded batch (B, L); `mask` (B or 1, H, L, L) additive float = position bias + key padding.
-    - flex: ONE packed row (1, T) of the N tokens, sequence after sequence, zeros after (T =
-      flex_row_length(N)); `block_mask` lets a token attend only its own sequence and skips every block
-      outside it, `score_mod` adds the bias of the within-sequence distance. Results equal the padded path;
-      the compiled graph depends on T only, never on the batch size or the lengths.
-    """
-
-    backend: str
-    batch: int  # B of the padded batch
-    length: int  # L of the padded batch
-    rows: int  # rows attention runs on: B (sdpa) or 1 (flex)
-    row_length: int  # L (sdpa) or T (flex)
-    tokens: int  # N, real tokens
-    token_index: torch.Tensor | None = None
-    mask: torch.Tensor | None = None
-    score_mod: object = None
-    block_mask: object = None
-    kernel_options: dict | None = None
-    compiled: bool = False  # norms and the FFN gate run as compiled regions (config.compile_regions)
-
-    def pack(self, x: torch.Tensor) -> torch.Tensor:
-        """(B * L, d) padded batch -> (N, d) real tokens."""
-        return x if self.token_index is None else x.index_select(0, self.token_index)
-
-    def unpack(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, d) -> (B * L, d), zeros at padding."""
-        if self.token_index is None:
-            return x
-        return x.new_zeros(self.batch * self.length, x.size(-1)).index_copy(0, self.token_index, x)
-
-    def to_attention(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, d) -> (rows * row_length, d), the layout attention runs on."""
-        if self.backend == "flex":
-            return F.pad(x, (0, 0, 0, self.row_length - self.tokens))
-        return self.unpack(x)
-
-    def from_attention(self, x: torch.Tensor) -> torch.Tensor:
-        """(rows * row_length, d) -> (N, d)."""
-        return x[: self.tokens] if self.backend == "flex" else self.pack(x)
-
-
-def _document_block_mask(documents: torch.Tensor, real: int, mask_mod) -> object:
-    """Block mask of a packed row whose position p belongs to sequence `documents[p]` (sorted; `real` marks
-    the tail): a (query block, key block) pair is computed only when both hold a common real sequence, and
-    is "full" (no mask_mod call) when both lie inside one. O((T / 128)^2) work, no T x T tensor."""
-    from torch.nn.attention.flex_attention import BlockMask
-
-    length = documents.numel()
-    first, last = documents[::FLEX_BLOCK], documents[FLEX_BLOCK - 1 :: FLEX_BLOCK]  # (n_blocks,)
-    low = torch.maximum(first[:, None], first[None, :])
-    high = torch.minimum(last[:, None], last[None, :])
-    shared = (low <= high) & (low < real)
-    full = shared & (first == last)[:, None] & (first == last)[None, :] & (first[:, None] == first[None, :])
-    partial = shared & ~full
-
-    def listed(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        count = blocks.sum(-1, dtype=torch.int32)[None, None]  # (1, 1, n_blocks)
-        order = torch.argsort((~blocks).to(torch.int8), dim=-1, stable=True).to(torch.int32)[None, None]
-        return count, order
-
-    return BlockMask.from_kv_blocks(
-        *listed(partial), *listed(full), BLOCK_SIZE=FLEX_BLOCK, mask_mod=mask_mod, seq_lengths=(length, length)
-    )
-
-
-_FLEX = None
-
-
-def _compiled_flex():
-    """flex_attention compiled once per process, for static shapes (one graph per packed row length)."""
-    global _FLEX
-    if _FLEX is None:
-        from torch.nn.attention.flex_attention import flex_attention
-
-        _FLEX = torch.compile(flex_attention, dynamic=False)
-    return _FLEX
-
-
-def flex_kernel_options(choice: str, device: torch.device) -> dict | None:
-    """kernel_options for flex on `device`: config.flex_kernel "auto" takes FLASH (FA4, cute-dsl) on Hopper and
-    Blackwell GPUs where flash_attn.cute is installed, torch's default (Triton) elsewhere; "triton" / "flash"
-    force one. CPU kernels take no backend choice."""
-    if device.type != "cuda":
-        return None
-    if choice == "auto":
-        import importlib.util
-
-        hopper_or_later = torch.cuda.get_device_capability(device)[0] in (9, 10)
-        try:
-            has_flash = importlib.util.find_spec("flash_attn.cute") is not None
-        except ImportError:  # no flash_attn at all
-            has_flash = False
-        choice = "flash" if hopper_or_later and has_flash else "triton"
-    return {"BACKEND": choice.upper()}
-
-
-def _flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn: AttentionInputs) -> torch.Tensor:
-    """Compiled flex on (1, H, T, d_kv); a FLASH kernel that cannot run falls back to Triton once, with a warning."""
-    global _FLASH_FAILED
-    options = attn.kernel_options
-    if _FLASH_FAILED and options and options["BACKEND"] == "FLASH":
-        options = {"BACKEND": "TRITON"}
-    try:
-        return _compiled_flex()(
-            q, k, v, score_mod=attn.score_mod, block_mask=attn.block_mask, scale=1.0, kernel_options=options
-        )
-    except Exception as err:  # noqa: BLE001 - FA4 is experimental in torch; anything it raises means "not here"
-        if not options or options["BACKEND"] != "FLASH":
-            raise
-        _FLASH_FAILED = True
-        _warn_once(f"flex FLASH kernel failed ({type(err).__name__}: {err}); using the Triton kernel instead")
-        return _flex_attention(q, k, v, attn)
-
-
-_FLASH_FAILED = False
-
-
-def flex_available() -> bool:
-    try:
-        import torch.nn.attention.flex_attention  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-_WARNED: set[str] = set()
-
-
-def _warn_once(message: str) -> None:
-    if message not in _WARNED:
-        _WARNED.add(message)
-        warnings.warn(message, stacklevel=3)
-
-
-def resolve_backend(requested: str, device: torch.device, training: bool) -> str:
-    """The backend that can actually run: flex has no CPU backward, flash cannot take a bias."""
-    backend = requested
-    if backend == "kernels_flash":
-        _warn_once("attn_backend='kernels_flash' cannot apply ANKH's relative position bias; using flex/sdpa instead.")
-        backend = "flex" if device.type == "cuda" and flex_available() else "sdpa"
-    if backend == "flex" and not flex_available():
-        _warn_once("flex_attention is not available in this torch build; using sdpa.")
-        backend = "sdpa"
-    if backend == "flex" and training and device.type == "cpu":
-        _warn_once("flex_attention has no backward on CPU; training with attn_backend='sdpa' instead.")
-        backend = "sdpa"
-    return backend
-
-
-# --------------------------------------------------------------------------------------------
 # Encoder and models
 # --------------------------------------------------------------------------------------------
 class FastAnkhEncoder(nn.Module):
@@ -478,60 +272,17 @@ class FastAnkhEncoder(nn.Module):
         self.final_norm = FastAnkhRMSNorm(config.d_model, config.layer_norm_epsilon)
         self.dropout = nn.Dropout(config.dropout_rate)
 
-    def _attention_inputs(self, backend: str, key_mask: torch.Tensor, dtype: torch.dtype) -> AttentionInputs:
-        """key_mask: (B, L) bool, True for real tokens (for flex: one run of them per row)."""
-        b, length = key_mask.shape
-        device = key_mask.device
-        token_index = None if bool(key_mask.all()) else key_mask.flatten().nonzero().squeeze(1)
-        tokens = b * length if token_index is None else token_index.numel()
-        if backend == "sdpa":
-            bias = self.position_bias.dense(length, device)  # (1, H, L, L)
-            if token_index is None:
-                return AttentionInputs("sdpa", b, length, b, length, tokens, mask=bias.to(dtype))
-            padding = torch.zeros(b, 1, 1, length, device=device, dtype=bias.dtype)
-            padding.masked_fill_(~key_mask[:, None, None, :], torch.finfo(bias.dtype).min)
-            mask = (bias + padding).to(dtype)
-            return AttentionInputs("sdpa", b, length, b, length, tokens, token_index, mask=mask)
-
-        # flex: the N tokens packed into one row, sequence after sequence; `documents` says whose each is.
-        row = flex_row_length(tokens)
-        lengths = key_mask.sum(1)
-        documents = torch.full((row,), b, dtype=torch.int32, device=device)  # b = the empty tail
-        documents[:tokens] = torch.repeat_interleave(torch.arange(b, dtype=torch.int32, device=device), lengths)
-        # A token's distance to another of its sequence is its distance in the row: the bias table by distance.
-        table = self.position_bias.by_distance(row, device).to(dtype)  # (2T-1, H)
-        offset = row - 1
-
-        def score_mod(score, batch, head, q_idx, kv_idx):
-            return score + table[kv_idx - q_idx + offset, head]
-
-        def mask_mod(batch, head, q_idx, kv_idx):
-            return documents[q_idx] == documents[kv_idx]
-
-        block_mask = _document_block_mask(documents, b, mask_mod)
-        options = flex_kernel_options(self.config.flex_kernel, device)
-        return AttentionInputs(
-            "flex",
-            b,
-            length,
-            1,
-            row,
-            tokens,
-            token_index,
-            score_mod=score_mod,
-            block_mask=block_mask,
-            kernel_options=options,
-        )
-
     def forward(
         self,
         hidden: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         output_hidden_states: bool = False,
+        output_attentions: bool = False,
     ) -> BaseModelOutput:
         """hidden: (B, L, d_model) embeddings; attention_mask: (B, L), 1 for real tokens.
 
-        Returns last_hidden_state (B, L, d_model); positions where attention_mask is 0 are zeros.
+        Returns last_hidden_state (B, L, d_model); positions where attention_mask is 0 are zeros. With
+        `output_attentions`, `attentions`: each layer's probabilities (B, H, L, L), zero rows at padding queries.
         """
         b, length, _ = hidden.shape
         key_mask = (
@@ -540,17 +291,13 @@ class FastAnkhEncoder(nn.Module):
             else attention_mask.to(device=hidden.device, dtype=torch.bool)
         )
         training = torch.is_grad_enabled() and (self.training or any(p.requires_grad for p in self.parameters()))
-        backend = resolve_backend(self.config.attn_backend, hidden.device, training)
-        if backend == "flex":
-            runs = key_mask[:, 0].int() + (key_mask[:, 1:] & ~key_mask[:, :-1]).sum(1)
-            if bool((runs > 1).any()):  # packing keeps a sequence's distances only if its tokens are one run
-                _warn_once("flex needs each row's tokens in one run (no holes in attention_mask); using sdpa")
-                backend = "sdpa"
+        backend = resolve_backend(self.config.attn_backend, hidden.device, training, key_mask, output_attentions)
         if torch.is_autocast_enabled(hidden.device.type):
             dtype = torch.get_autocast_dtype(hidden.device.type)
         else:
             dtype = self.layers[0].attention.q.weight.dtype if len(self.layers) else hidden.dtype
-        attn = self._attention_inputs(backend, key_mask, dtype)
+        attn = attention_inputs(backend, key_mask, dtype, self.position_bias, self.config.flex_kernel)
+        attn.attentions = [] if output_attentions else None
         attn.compiled = use_compiled_regions(
             self.config.compile_regions, hidden.device, dtype, self.config.d_model, training
         )
@@ -568,15 +315,9 @@ class FastAnkhEncoder(nn.Module):
         if output_hidden_states:
             all_hidden.append(hidden)
         return BaseModelOutput(
-            last_hidden_state=hidden, hidden_states=tuple(all_hidden) if output_hidden_states else None
-        )
-
-
-def _refuse_attentions(output_attentions: bool | None) -> None:
-    if output_attentions:
-        raise NotImplementedError(
-            "FastANKH never materialises attention maps (output_attentions=True); use transformers' "
-            "T5EncoderModel on the same checkpoint to inspect them"
+            last_hidden_state=hidden,
+            hidden_states=tuple(all_hidden) if output_hidden_states else None,
+            attentions=tuple(attn.attentions) if output_attentions else None,
         )
 
 
@@ -588,6 +329,27 @@ class FastAnkhPreTrainedModel(PreTrainedModel):
     # Original ElnaggarLab checkpoints are T5ForConditionalGeneration: decoder and lm_head are dropped;
     # AutoModel on a fine-tuned task export keeps the encoder and drops the task head.
     _keys_to_ignore_on_load_unexpected = [r"^decoder\.", r"^lm_head\.", r"^head\."]
+    # transformers' attention API: attn_implementation= and set_attn_implementation act on config.attn_backend
+    # (attention.py's table), in transformers' spelling ("sdpa", "flex_attention", "eager") or FastANKH's.
+    _supports_sdpa = True
+    _supports_flex_attn = True
+
+    @classmethod
+    def _can_set_attn_implementation(cls) -> bool:
+        return True
+
+    def _check_and_adjust_attn_implementation(
+        self, attn_implementation: str | None, is_init_check: bool = False, allow_all_kernels: bool = False
+    ) -> str:
+        """transformers' check of a requested implementation: a name of attention.py's table in either spelling
+        (None: the config's). Fallbacks are decided per forward, by attention.resolve_backend."""
+        return transformers_name(backend_name(attn_implementation or self.config.attn_backend))
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
+        """transformers' save_pretrained, then every file of REMOTE_CODE_FILES next to the weights (the
+        config's auto_map names them), so the folder loads with trust_remote_code and transformers alone."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        copy_remote_code(save_directory)
 
     def _init_weights(self, module: nn.Module) -> None:
         """T5's initialisation, so a random `ankh_tiny` trains like the real family."""
@@ -608,13 +370,22 @@ class FastAnkhPreTrainedModel(PreTrainedModel):
             nn.init.normal_(module.wo.weight, 0.0, f * c.d_ff**-0.5)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, attn_backend: str | None = None, **kwargs):
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path,
+        *args,
+        attn_backend: str | None = None,
+        attn_implementation: str | None = None,
+        **kwargs,
+    ):
         """Load a FastANKH checkpoint, or convert an original ElnaggarLab T5 checkpoint on the fly.
 
-        `pretrained_model_name_or_path`: local directory or hub id. T5 checkpoints
+        `pretrained_model_name_or_path`: local directory or hub id; a preset's hub id loads its pinned
+        revision (configuration_fastankh.PRESETS) unless `revision=` says otherwise. T5 checkpoints
         (T5ForConditionalGeneration / T5EncoderModel) keep the encoder and shared embedding only.
         Keyword arguments that name config fields override the checkpoint's config (`attn_backend`,
         `dropout_rate`, ...); architecture fields (ARCHITECTURE_FIELDS) must equal the checkpoint's.
+        `attn_implementation` is transformers' name for `attn_backend` ("sdpa", "flex_attention", "eager").
         `device` moves the loaded model there; `dtype` casts the weights; `precision` ("auto" | "32" | "bf16",
         fastankh/precision.py) casts them to the dtype that precision computes in on that device (`auto`:
         bf16 where the hardware has native bf16, else fp32); other keyword arguments are
@@ -627,8 +398,18 @@ class FastAnkhPreTrainedModel(PreTrainedModel):
         device = kwargs.pop("device", None)
         precision = kwargs.pop("precision", None)
         want_info = kwargs.pop("output_loading_info", False)
+        if attn_implementation is not None:
+            asked = backend_name(attn_implementation)
+            if attn_backend is not None and backend_name(attn_backend) != asked:
+                raise ValueError(
+                    f"attn_backend={attn_backend!r} disagrees with attn_implementation={attn_implementation!r}"
+                )
+            attn_backend = asked
         if attn_backend is not None:
             kwargs["attn_backend"] = attn_backend
+        revision = pinned_revision(path)
+        if revision is not None:
+            kwargs.setdefault("revision", revision)
         raw = _checkpoint_config(path, kwargs)
         if raw is None:  # no config.json: transformers explains what is missing
             return super().from_pretrained(path, output_loading_info=want_info, **kwargs)
@@ -680,30 +461,19 @@ class FastAnkhModel(EmbeddingMixin, FastAnkhPreTrainedModel):
         """input_ids: (B, L); attention_mask: (B, L) 1 = token, 0 = padding.
 
         Returns `last_hidden_state` (B, L, d_model) and, if asked, `hidden_states`: num_layers + 1
-        tensors (embedding output, the input of each later block, the final normed output).
-        Attention maps are never materialised: `output_attentions=True` is an error.
+        tensors (embedding output, the input of each later block, the final normed output), and `attentions`:
+        each layer's probabilities (B, H, L, L), computed by the eager implementation for this call (zero rows at
+        padding queries). `return_dict=False` gives the tuple of the fields that are set.
         """
-        _refuse_attentions(output_attentions)
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        out = self.encoder(inputs_embeds, attention_mask, output_hidden_states=bool(output_hidden_states))
+        out = self.encoder(
+            inputs_embeds,
+            attention_mask,
+            output_hidden_states=bool(output_hidden_states),
+            output_attentions=bool(output_attentions),
+        )
         return out if return_dict is not False else out.to_tuple()
-
-
-def counted_loss(logits: torch.Tensor, labels: torch.Tensor, counted: torch.Tensor, problem_type: str) -> torch.Tensor:
-    """Mean loss in fp32 over the positions where `counted` (bool, the shape of labels' leading dims) is True:
-    MSE for "regression", BCE-with-logits for "multi_label_classification", else cross-entropy.
-
-    No counted position (e.g. a batch of unlabelled residues) gives a zero that keeps the graph, not NaN.
-    """
-    if not counted.any():
-        return logits.sum() * 0.0
-    logits, labels = logits[counted].float(), labels[counted]
-    if problem_type == "regression":
-        return F.mse_loss(logits.reshape(labels.shape), labels.float())
-    if problem_type == "multi_label_classification":
-        return F.binary_cross_entropy_with_logits(logits, labels.float())
-    return F.cross_entropy(logits, labels)
 
 
 class FastAnkhForMaskedLM(FastAnkhPreTrainedModel):
@@ -746,15 +516,13 @@ class FastAnkhForMaskedLM(FastAnkhPreTrainedModel):
         return_dict: bool | None = None,
     ) -> MaskedLMOutput:
         """labels: (B, L) token ids, -100 where no loss is taken."""
-        _refuse_attentions(output_attentions)
-        out = self.model(input_ids, attention_mask, output_hidden_states=output_hidden_states)
+        out = self.model(
+            input_ids, attention_mask, output_hidden_states=output_hidden_states, output_attentions=output_attentions
+        )
         logits = self.lm_head(out.last_hidden_state)
         loss = None if labels is None else self.loss(logits, labels)
-        out = MaskedLMOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
+        out = MaskedLMOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
         return out if return_dict is not False else out.to_tuple()
-
-
-_DTYPE_KWARGS = ("dtype", "torch_dtype")
 
 
 def _configured(config: FastAnkhConfig, checkpoint: FastAnkhConfig, overrides: dict, path: str) -> FastAnkhConfig:
@@ -772,6 +540,13 @@ def _configured(config: FastAnkhConfig, checkpoint: FastAnkhConfig, overrides: d
     return config
 
 
+def copy_remote_code(folder: str | os.PathLike) -> None:
+    """Copy every file of REMOTE_CODE_FILES (this file's siblings) into `folder`."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for name in REMOTE_CODE_FILES:
+        shutil.copyfile(os.path.join(here, name), os.path.join(folder, name))
+
+
 __all__ = [
     "FastAnkhPreTrainedModel",
     "FastAnkhModel",
@@ -779,4 +554,5 @@ __all__ = [
     "convert_t5_state_dict",
     "config_from_t5",
     "relative_position_bucket",
+    "copy_remote_code",
 ]

@@ -17,7 +17,9 @@ Config fields read here (besides the encoder's):
 - `non_residue_token_ids`: token ids that are not residues ([NLU], </s>, <pad>); heads read residues only.
 
 The loss of each problem type is `loss` of the model class; `forward(labels=...)` returns it, and a
-fine-tuning loop that computes hidden states itself (e.g. cached) calls `head_logits` and `loss`.
+fine-tuning loop that computes hidden states itself (e.g. cached) calls `head_logits` and `loss`. `forward` takes
+transformers' `output_hidden_states`, `output_attentions` (the encoder's per-layer probabilities) and `return_dict`
+(False: the tuple of the output fields that are set).
 
 This file travels to the Hub as remote code: it imports only torch, transformers and its sibling files.
 """
@@ -29,12 +31,13 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassifierOutput
+from transformers.modeling_outputs import BaseModelOutput, SequenceClassifierOutput, TokenClassifierOutput
 from transformers.utils import ModelOutput
 
 from .configuration_fastankh import FastAnkhConfig
 from .heads import build_head
-from .modeling_fastankh import FastAnkhModel, FastAnkhPreTrainedModel, _checkpoint_model_type, counted_loss
+from .losses import counted_loss
+from .modeling_fastankh import FastAnkhModel, FastAnkhPreTrainedModel, _checkpoint_model_type
 
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification", "contact_prediction")
 DEFAULT_HEADS = {"residue": "linear", "sequence": "mean", "pair": "mlp"}
@@ -124,8 +127,14 @@ class _FastAnkhTaskModel(FastAnkhPreTrainedModel):
         attention_mask: torch.Tensor | None,
         residue_mask: torch.Tensor | None,
         output_hidden_states: bool | None,
-    ):
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=output_hidden_states)
+        output_attentions: bool | None,
+    ) -> tuple[torch.Tensor, BaseModelOutput, torch.Tensor]:
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+        )
         if residue_mask is None:
             residue_mask = self.residue_mask(input_ids, attention_mask)
         return self.head_logits(out.last_hidden_state, residue_mask), out, residue_mask
@@ -163,6 +172,7 @@ class FastAnkhForTokenClassification(_FastAnkhTaskModel):
         residue_mask: torch.Tensor | None = None,
         label_mask: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> TokenClassifierOutput:
@@ -172,9 +182,13 @@ class FastAnkhForTokenClassification(_FastAnkhTaskModel):
         bool False there (what the fine-tuning data module passes), or, without label_mask, the label -100
         (class ids) / NaN (values). See `loss`.
         """
-        logits, out, residue_mask = self._logits(input_ids, attention_mask, residue_mask, output_hidden_states)
+        logits, out, residue_mask = self._logits(
+            input_ids, attention_mask, residue_mask, output_hidden_states, output_attentions
+        )
         loss = None if labels is None else self.loss(logits, labels, label_mask, residue_mask)
-        return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
+        hidden, attentions = out.hidden_states, out.attentions
+        output = TokenClassifierOutput(loss=loss, logits=logits, hidden_states=hidden, attentions=attentions)
+        return output if return_dict is not False else output.to_tuple()
 
 
 class FastAnkhForSequenceClassification(_FastAnkhTaskModel):
@@ -202,13 +216,16 @@ class FastAnkhForSequenceClassification(_FastAnkhTaskModel):
         labels: torch.Tensor | None = None,
         residue_mask: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> SequenceClassifierOutput:
         """labels: (B,) class ids, (B,) floats (regression) or (B, num_labels) 0/1 (multi-label); see `loss`."""
-        logits, out, _ = self._logits(input_ids, attention_mask, residue_mask, output_hidden_states)
+        logits, out, _ = self._logits(input_ids, attention_mask, residue_mask, output_hidden_states, output_attentions)
         loss = None if labels is None else self.loss(logits, labels)
-        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
+        hidden, attentions = out.hidden_states, out.attentions
+        output = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=hidden, attentions=attentions)
+        return output if return_dict is not False else output.to_tuple()
 
 
 def counted_pairs(
@@ -234,6 +251,7 @@ class ContactPredictionOutput(ModelOutput):
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
 
 
 class FastAnkhForContactPrediction(_FastAnkhTaskModel):
@@ -264,13 +282,18 @@ class FastAnkhForContactPrediction(_FastAnkhTaskModel):
         residue_mask: torch.Tensor | None = None,
         label_mask: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> ContactPredictionOutput:
         """input_ids / attention_mask: (B, T); labels: (B, T, T) 0/1 contacts (see `loss`)."""
-        logits, out, residue_mask = self._logits(input_ids, attention_mask, residue_mask, output_hidden_states)
+        logits, out, residue_mask = self._logits(
+            input_ids, attention_mask, residue_mask, output_hidden_states, output_attentions
+        )
         loss = None if labels is None else self.loss(logits, labels, label_mask, residue_mask)
-        return ContactPredictionOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
+        hidden, attentions = out.hidden_states, out.attentions
+        output = ContactPredictionOutput(loss=loss, logits=logits, hidden_states=hidden, attentions=attentions)
+        return output if return_dict is not False else output.to_tuple()
 
 
 __all__ = [

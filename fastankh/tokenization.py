@@ -36,7 +36,7 @@ from typing import Any
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, processors
 from transformers import PreTrainedConfig, PreTrainedTokenizerFast
 
-from .configuration_fastankh import PRESETS
+from .configuration_fastankh import PRESETS, pinned_revision
 
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
 NLU, S2S = "[NLU]", "[S2S]"
@@ -181,9 +181,14 @@ def _from_dir(path: str, nlu_prefix: bool | None) -> PreTrainedTokenizerFast:
 
 
 def _hub_vocab(repo_id: str, **hub_kwargs: Any) -> dict[str, int]:
-    """A hub repo's tokenizer.json vocabulary, or the table its config.json implies when it has none."""
+    """A hub repo's tokenizer.json vocabulary, or the table its config.json implies when it has none; a preset's
+    hub id is read at its pinned revision unless `revision` is given."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
+
+    revision = pinned_revision(repo_id)
+    if revision is not None:
+        hub_kwargs.setdefault("revision", revision)
 
     try:
         return vocab_from_tokenizer_json(hf_hub_download(repo_id, TOKENIZER_FILE, **hub_kwargs))
@@ -200,7 +205,8 @@ def load_tokenizer(
 
     - preset (`ankh_base`, ..., `ankh3_xl`, `ankh_tiny`): the built-in table, no network;
     - directory: its tokenizer.json's vocabulary if present, else the table its config.json implies;
-    - hub id: the repo's tokenizer.json (needs internet; `hub_kwargs` go to `hf_hub_download`);
+    - hub id: the repo's tokenizer.json (needs internet; `hub_kwargs` go to `hf_hub_download`; a preset's hub id
+      is read at its pinned revision unless `revision=` is given);
     - config (FastAnkhConfig, or the T5Config of an original checkpoint): the tokenizer.json of
       `config.name_or_path` (directory or hub id; an unreachable hub warns and falls back), else the
       table of `config.preset` / `config.vocab_size` (256 -> ANKH3).

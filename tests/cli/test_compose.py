@@ -136,7 +136,7 @@ def test_cli_cfg_job_for_a_large_lora_run_and_a_one_line_error_for_a_bad_key():
     assert shown.returncode == 0, shown.stderr
     cfg = OmegaConf.create(shown.stdout)
     assert cfg.model.precision == cfg.trainer.precision == "bf16-mixed"
-    assert cfg.model.attn_backend == "flex"
+    assert cfg.model.attn_backend == "auto"
     assert list(cfg.finetune.target_modules) == ["q", "k", "v", "o"]
     bad = run_cli("trainer.max_epoch=3")
     assert bad.returncode == 1

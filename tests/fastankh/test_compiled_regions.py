@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-import fastankh.modeling_fastankh as modeling
 import fastankh.precision
 from fastankh import FastAnkhConfig, FastAnkhModel
 from fastankh.modeling_fastankh import use_compiled_regions
+from fastankh.runtime import RUNTIME
 from tests.conftest import random_batch
 
 
@@ -56,14 +56,14 @@ def test_a_region_that_cannot_compile_runs_eagerly_with_one_warning(model, monke
 
         return call
 
-    monkeypatch.setattr(modeling, "_REGIONS", {})
-    monkeypatch.setattr(modeling, "_REGIONS_PROVEN", set())
+    monkeypatch.setattr(RUNTIME, "regions", {})
+    monkeypatch.setattr(RUNTIME, "regions_proven", set())
     monkeypatch.setattr(torch, "compile", broken_compile)
-    monkeypatch.setattr(modeling, "_WARNED", set())
+    monkeypatch.setattr(RUNTIME, "warned", set())
     with pytest.warns(UserWarning, match="torch.compile of _gated failed"):
         out = outputs(model, torch.float32, True)
     torch.testing.assert_close(out, outputs(model, torch.float32, False), atol=0, rtol=0)
-    assert modeling._REGIONS["_gated"] is None  # not retried
+    assert RUNTIME.regions["_gated"] is None  # not retried
 
 
 @pytest.mark.parametrize(

@@ -9,10 +9,11 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-import fastankh.modeling_fastankh as modeling
+import fastankh.attention as attention
 from fastankh import FastAnkhConfig, FastAnkhModel
+from fastankh.attention import flex_kernel_options, flex_row_length
 from fastankh.batching import length_batches
-from fastankh.modeling_fastankh import flex_kernel_options, flex_row_length
+from fastankh.runtime import RUNTIME
 
 
 def token_budget_epoch(count: int = 40, budget: int = 4096, seed: int = 0) -> list[list[int]]:
@@ -113,11 +114,11 @@ def test_a_failing_flash_kernel_falls_back_to_triton_once(monkeypatch):
             raise RuntimeError("no FA4 here")
         return q
 
-    monkeypatch.setattr(modeling, "_compiled_flex", lambda: fake_flex)
-    monkeypatch.setattr(modeling, "_FLASH_FAILED", False)
-    attn = modeling.AttentionInputs("flex", 1, 8, 1, 8, 8, kernel_options={"BACKEND": "FLASH"})
+    monkeypatch.setattr(attention, "_compiled_flex", lambda: fake_flex)
+    monkeypatch.setattr(RUNTIME, "flash_failed", False)
+    attn = attention.AttentionInputs("flex", 1, 8, 1, 8, 8, kernel_options={"BACKEND": "FLASH"})
     q = torch.zeros(1, 1, 8, 4)
     with pytest.warns(UserWarning, match="flex FLASH kernel failed"):
-        modeling._flex_attention(q, q, q, attn)
-    modeling._flex_attention(q, q, q, attn)
+        attention._flex_attention(q, q, q, attn)
+    attention._flex_attention(q, q, q, attn)
     assert seen == ["FLASH", "TRITON", "TRITON"]

@@ -19,14 +19,15 @@ from torch import nn
 from transformers import AutoModel, T5EncoderModel, T5ForConditionalGeneration
 from transformers.activations import ACT2FN
 
-import fastankh.modeling_fastankh as mf
+import fastankh.attention as attention
 from fastankh import PRESETS, FastAnkhConfig, FastAnkhForMaskedLM, FastAnkhModel
+from fastankh.attention import resolve_backend
 from fastankh.modeling_fastankh import (
     FastAnkhRelativePositionBias,
     FastAnkhRMSNorm,
     relative_position_bucket,
-    resolve_backend,
 )
+from fastankh.runtime import RUNTIME
 from fastankh.t5_conversion import convert_t5_state_dict, t5_key_to_fastankh
 from tests.conftest import FAMILIES, random_batch, t5_config
 
@@ -267,7 +268,7 @@ def test_backend_resolution(monkeypatch):
         assert resolve_backend("flex", cpu, training=True) == "sdpa"  # no flex backward on CPU
         assert resolve_backend("flex", cuda, training=True) == "flex"
         assert resolve_backend("sdpa", cuda, training=True) == "sdpa"
-        monkeypatch.setattr(mf, "flex_available", lambda: False)
+        monkeypatch.setattr(attention, "flex_available", lambda: False)
         assert resolve_backend("kernels_flash", cuda, training=False) == "sdpa"
         assert resolve_backend("flex", cuda, training=False) == "sdpa"
 
@@ -275,7 +276,7 @@ def test_backend_resolution(monkeypatch):
 def test_kernels_flash_on_cpu_warns_and_matches_transformers(t5_checkpoint):
     ref, ours = reference_and_ours(t5_checkpoint("ankh_large"), attn_backend="kernels_flash")
     ids, mask = random_batch(LENGTHS)
-    mf._WARNED.clear()
+    RUNTIME.warned.clear()
     with pytest.warns(UserWarning, match="kernels_flash"), torch.no_grad():
         o = ours(ids, mask).last_hidden_state
     with torch.no_grad():
@@ -284,7 +285,7 @@ def test_kernels_flash_on_cpu_warns_and_matches_transformers(t5_checkpoint):
 
 
 def test_flex_training_on_cpu_falls_back_to_sdpa_with_one_warning():
-    mf._WARNED.clear()
+    RUNTIME.warned.clear()
     model = FastAnkhModel(FastAnkhConfig.from_preset("ankh_tiny", num_layers=1, attn_backend="flex")).train()
     ids, mask = random_batch([20, 12])
     with pytest.warns(UserWarning, match="no backward on CPU"):
@@ -298,7 +299,7 @@ def test_flex_training_on_cpu_falls_back_to_sdpa_with_one_warning():
 
 def test_invalid_backend_is_rejected():
     with pytest.raises(ValueError, match="attn_backend"):
-        FastAnkhConfig.from_preset("ankh_tiny", attn_backend="eager")
+        FastAnkhConfig.from_preset("ankh_tiny", attn_backend="flash_attention_2")
 
 
 # ------------------------------------------------------------------------------------------------ presets
@@ -581,7 +582,7 @@ def test_config_overrides_apply_to_both_checkpoint_kinds(checkpoints, kind):
     assert model.encoder.layers[1].dropout.p == model.encoder.dropout.p == 0.25
     assert model.encoder.final_norm.eps == 1e-5
     with pytest.raises(ValueError, match="attn_backend"):
-        FastAnkhModel.from_pretrained(path, attn_backend="eager")
+        FastAnkhModel.from_pretrained(path, attn_backend="flash_attention_2")
     with pytest.raises(ValueError, match="tie_word_embeddings=True cannot be set"):
         FastAnkhModel.from_pretrained(path, tie_word_embeddings=True)
     with pytest.raises(TypeError, match="no_such_option"):
@@ -641,7 +642,5 @@ def test_forward_refuses_what_it_cannot_do(cls):
     with torch.no_grad():
         model(input_ids=ids, attention_mask=mask, output_attentions=False)
         model(input_ids=ids, attention_mask=mask, output_attentions=None)
-        with pytest.raises(NotImplementedError, match="output_attentions=True"):
-            model(input_ids=ids, attention_mask=mask, output_attentions=True)
         with pytest.raises(TypeError, match="head_mask"):
             model(input_ids=ids, attention_mask=mask, head_mask=torch.ones(4))

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 import fastankh.modeling_fastankh as modeling
 from fastankh import FastAnkhConfig, FastAnkhModel
-from fastankh.modeling_fastankh import FastAnkhFeedForward, _BiasedAttention
+from fastankh.attention import _BiasedAttention
+from fastankh.modeling_fastankh import FastAnkhFeedForward
 from tests.conftest import random_batch
 
 
