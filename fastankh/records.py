@@ -349,10 +349,12 @@ def iter_table_chunks(
 
 
 def read_table(path: str | os.PathLike, id_column: str | None = "id", sequence_column: str = "sequence"):
-    """A local file as one pandas DataFrame of its cells, plus column ROW: the chunks of iter_table_chunks."""
+    """A local file as one pandas DataFrame of its cells, plus column ROW (last): the chunks of iter_table_chunks."""
     import pandas as pd
 
-    return pd.concat(iter_table_chunks(path, id_column, sequence_column), ignore_index=True)
+    frame = pd.concat(iter_table_chunks(path, id_column, sequence_column), ignore_index=True)
+    frame[ROW] = frame.pop(ROW)  # after the FASTA header fields that first appear in a later chunk
+    return frame
 
 
 @dataclass
