@@ -11,6 +11,9 @@ A file that cannot be read (not UTF-8, binary, a broken gzip or Parquet file, a 
 a row with more fields than the header, no header, no records) is a RecordError: one line naming the file and,
 where there is one, the line. Problems of single records (a bad sequence) stay with the record (`problem`).
 
+Files are read in chunks (iter_table_chunks, iter_records), so a proteome of 10^8 sequences is read in bounded
+memory; read_table and read_records are the same chunks joined, for callers that need the whole file.
+
 `clean_sequence(raw)` is the sequence rule: all whitespace removed (inner too), uppercased, ONE terminal
 '*' (stop codon) dropped; empty, or any character outside the 20 standard residues and X B O U Z
 (e.g. 'J', digits, an inner '*'), is an error.
@@ -18,17 +21,23 @@ where there is one, the line. Problems of single records (a bad sequence) stay w
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
+import itertools
 import os
 import re
 import warnings
 import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import RecordError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 STANDARD_RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
 ALLOWED_RESIDUES = frozenset(STANDARD_RESIDUES + "XBOUZ")
@@ -174,43 +183,72 @@ def _header_problem(path: Path, separator: str) -> str | None:
     return None
 
 
-def _read_csv(path: Path, separator: str):
+def _csv_chunks(path: Path, separator: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """A CSV/TSV file in frames of `chunk_rows` rows. pandas' tokenizer numbers lines across chunks, so its
+    messages name the line in the file whichever chunk meets it."""
     import pandas as pd
 
     problem = _header_problem(path, separator)
     if problem is not None:
         raise RecordError(f"{path}: {problem}")
+    try:
+        # index_col=False: a row with extra fields must not turn the first column into an index (shifted cells)
+        with pd.read_csv(
+            path,
+            sep=separator,
+            dtype=str,
+            keep_default_na=False,
+            na_values=[""],
+            index_col=False,
+            encoding="utf-8",
+            chunksize=chunk_rows,
+        ) as reader:
+            while (chunk := _next_csv_chunk(reader, path, separator)) is not None:
+                yield chunk
+    except pd.errors.EmptyDataError:
+        raise RecordError(f"{path}: empty file (no header row)") from None
+    except pd.errors.ParserError as err:
+        raise RecordError(f"{path}: {_csv_problem(path, err, separator)}") from None
+
+
+def _next_csv_chunk(reader, path: Path, separator: str) -> pd.DataFrame | None:
+    """The reader's next frame (None at the end). pandas only warns, and drops cells, when the first data row
+    is wider than the header: that is an error here."""
+    import pandas as pd
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", pd.errors.ParserWarning)
-        # index_col=False: a row with extra fields must not turn the first column into an index (shifted cells)
-        frame = pd.read_csv(
-            path, sep=separator, dtype=str, keep_default_na=False, na_values=[""], index_col=False, encoding="utf-8"
-        )
+        chunk = next(reader, None)
     if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):
         raise RecordError(f"{path}: {_long_row(path, separator)}")
-    return frame
+    return chunk
 
 
-def _read_parquet(path: Path):
-    import pandas as pd
+def _parquet_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """A Parquet file in frames of `chunk_rows` rows (pyarrow decodes one row group at a time); a file without
+    rows gives one empty frame, so that its columns can still be checked."""
+    import pyarrow.parquet as pq
 
-    try:
-        if _gzipped(path):
-            with gzip.open(path, "rb") as f:
-                return pd.read_parquet(f)
-        return pd.read_parquet(path)
-    except (OSError, EOFError, zlib.error):
-        raise
-    except Exception as err:  # pyarrow: not Parquet, truncated, empty, unsupported types
-        detail = re.sub(r"^Could not open Parquet input source '[^']*': ", "", str(err).strip().splitlines()[0])
-        raise RecordError(f"{path}: not a readable Parquet file ({detail})") from None
+    with contextlib.ExitStack() as stack:
+        source = stack.enter_context(gzip.open(path, "rb")) if _gzipped(path) else path
+        try:
+            parquet = pq.ParquetFile(source)
+            for batch in parquet.iter_batches(batch_size=chunk_rows, use_pandas_metadata=True):
+                yield batch.to_pandas()
+            if parquet.metadata.num_rows == 0:
+                yield parquet.schema_arrow.empty_table().to_pandas()
+        except (OSError, EOFError, zlib.error):
+            raise
+        except Exception as err:  # pyarrow: not Parquet, truncated, empty, unsupported types
+            detail = re.sub(r"^Could not open Parquet input source '[^']*': ", "", str(err).strip().splitlines()[0])
+            raise RecordError(f"{path}: not a readable Parquet file ({detail})") from None
 
 
-def read_fasta_rows(path: str | os.PathLike, id_column: str = "id", sequence_column: str = "sequence") -> list[dict]:
-    """FASTA records as rows {id_column, sequence_column (raw joined lines), key=value header fields}."""
-    path = Path(path)
-    rows: list[dict[str, str]] = []
+def _fasta_rows(path: Path, id_column: str, sequence_column: str) -> Iterator[dict[str, str]]:
+    """FASTA records one at a time, as rows {id_column, sequence_column (raw joined lines), key=value header
+    fields}; a record is yielded when the next header (or the end) closes it."""
+    row: dict[str, str] | None = None
+    lines: list[str] = []
     with _open_text(path) as f:
         for line_no, line in enumerate(f, 1):
             line = line.strip().lstrip("\ufeff") if line_no == 1 else line.strip()
@@ -218,25 +256,43 @@ def read_fasta_rows(path: str | os.PathLike, id_column: str = "id", sequence_col
                 words = line[1:].split()
                 if not words:
                     raise RecordError(f"{path}: line {line_no}: header '>' without a record id")
+                if row is not None:
+                    row[sequence_column] = "".join(lines)
+                    yield row
                 row = dict(w.split("=", 1) for w in words[1:] if "=" in w)
                 row[id_column] = words[0]
-                row[sequence_column] = ""
-                rows.append(row)
+                row[sequence_column] = ""  # its place among the columns; filled when the record ends
+                lines = []
             elif line and not line.startswith(";"):
-                if not rows:
+                if row is None:
                     raise RecordError(f"{path}: line {line_no}: sequence data before the first '>' header")
-                rows[-1][sequence_column] += line
-    return rows
+                lines.append(line)
+    if row is not None:
+        row[sequence_column] = "".join(lines)
+        yield row
 
 
-def read_table(path: str | os.PathLike, id_column: str | None = "id", sequence_column: str = "sequence"):
-    """A local file (see the module docstring) as a pandas DataFrame of its cells, plus column ROW.
+def _batches(items: Iterable, size: int) -> Iterator[list]:
+    """`items` in lists of `size` (the last one shorter)."""
+    items = iter(items)
+    while batch := list(itertools.islice(items, size)):
+        yield batch
 
-    `id_column` / `sequence_column` name the FASTA id and sequence columns (tables keep their own).
-    """
+
+def _fasta_chunks(path: Path, id_column: str, sequence_column: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """A FASTA file in frames of `chunk_rows` records; a header field missing from a record is a missing cell."""
     import pandas as pd
 
-    path = Path(path)
+    empty = True
+    for rows in _batches(_fasta_rows(path, id_column, sequence_column), chunk_rows):
+        empty = False
+        yield pd.DataFrame(rows)
+    if empty:
+        raise RecordError(f"{path}: empty file (no FASTA records)")
+
+
+def _checked_suffix(path: Path) -> str:
+    """The format suffix of a record file; a RecordError when it is no file or of no known format."""
     if path.is_dir():
         raise RecordError(f"{path}: is a folder, not a file")
     if not path.is_file():
@@ -246,29 +302,58 @@ def read_table(path: str | os.PathLike, id_column: str | None = "id", sequence_c
         raise RecordError(
             f"{path}: unknown file type {suffix or '(none)'}; use one of {', '.join(RECORD_SUFFIXES)} (optionally .gz)"
         )
+    return suffix
+
+
+def _format_chunks(path: Path, id_column: str, sequence_column: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """The frames of a file by its format, before numbering."""
+    suffix = _checked_suffix(path)
+    if suffix in TABLE_SEPARATORS:
+        return _csv_chunks(path, TABLE_SEPARATORS[suffix], chunk_rows)
+    if suffix in PARQUET_SUFFIXES:
+        return _parquet_chunks(path, chunk_rows)
+    return _fasta_chunks(path, id_column, sequence_column, chunk_rows)
+
+
+def iter_table_chunks(
+    path: str | os.PathLike,
+    id_column: str | None = "id",
+    sequence_column: str = "sequence",
+    chunk_rows: int = 65536,
+) -> Iterator[pd.DataFrame]:
+    """A local file (see the module docstring) as pandas DataFrames of at most `chunk_rows` rows each, with
+    column ROW numbered across chunks; memory stays bounded by the chunk, not the file.
+
+    `id_column` / `sequence_column` name the FASTA id and sequence columns (tables keep their own).
+    A table without data rows gives one empty frame with its columns. Problems with the file itself (missing,
+    unknown type) and with a table's header (empty, too wide, a repeated column) are raised before the first
+    chunk; problems further in (bad bytes, broken gzip or Parquet data, an unclosed quote, a row wider than the
+    header, a bad FASTA line) are raised when reading reaches them, after the chunks before them were yielded.
+    """
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
+    path = Path(path)
+    first_row = 1
     try:
-        if suffix in TABLE_SEPARATORS:
-            try:
-                frame = _read_csv(path, TABLE_SEPARATORS[suffix])
-            except pd.errors.EmptyDataError:
-                raise RecordError(f"{path}: empty file (no header row)") from None
-            except pd.errors.ParserError as err:
-                raise RecordError(f"{path}: {_csv_problem(path, err, TABLE_SEPARATORS[suffix])}") from None
-        elif suffix in PARQUET_SUFFIXES:
-            frame = _read_parquet(path)
-        else:
-            rows = read_fasta_rows(path, id_column or "id", sequence_column)
-            if not rows:
-                raise RecordError(f"{path}: empty file (no FASTA records)")
-            frame = pd.DataFrame(rows)
+        for chunk in _format_chunks(path, id_column or "id", sequence_column, chunk_rows):
+            chunk = chunk.reset_index(drop=True)
+            chunk[ROW] = range(first_row, first_row + len(chunk))
+            first_row += len(chunk)
+            yield chunk
     except UnicodeDecodeError:
         raise RecordError(f"{path}: {_not_utf8(path)}") from None
     except (gzip.BadGzipFile, EOFError, zlib.error) as err:
         raise RecordError(f"{path}: not a readable gzip file ({err or type(err).__name__})") from None
     except OSError as err:
         raise RecordError(f"{path}: cannot read it ({err.strerror or err})") from None
-    frame = frame.reset_index(drop=True)
-    frame[ROW] = list(range(1, len(frame) + 1))
+
+
+def read_table(path: str | os.PathLike, id_column: str | None = "id", sequence_column: str = "sequence"):
+    """A local file as one pandas DataFrame of its cells, plus column ROW (last): the chunks of iter_table_chunks."""
+    import pandas as pd
+
+    frame = pd.concat(iter_table_chunks(path, id_column, sequence_column), ignore_index=True)
+    frame[ROW] = frame.pop(ROW)  # after the FASTA header fields that first appear in a later chunk
     return frame
 
 
@@ -311,17 +396,30 @@ def records_of(frame, source: str, id_column: str | None = "id", sequence_column
     return records
 
 
+def iter_records(
+    path: str | os.PathLike,
+    id_column: str | None = "id",
+    sequence_column: str = "sequence",
+    chunk_rows: int = 65536,
+) -> Iterator[Record]:
+    """Records of a FASTA file or table, in file order, read `chunk_rows` at a time (see iter_table_chunks for
+    when a bad file is reported); a missing sequence column is reported before the first record."""
+    source = os.fspath(path)
+    for chunk in iter_table_chunks(path, id_column, sequence_column, chunk_rows):
+        yield from records_of(chunk, source, id_column, sequence_column)
+
+
 def read_records(
     path: str | os.PathLike, id_column: str | None = "id", sequence_column: str = "sequence"
 ) -> list[Record]:
     """Records of a FASTA file or table, in file order; see Record for invalid ones."""
-    return records_of(read_table(path, id_column, sequence_column), os.fspath(path), id_column, sequence_column)
+    return list(iter_records(path, id_column, sequence_column))
 
 
 def read_fasta(path: str | os.PathLike) -> dict[str, str]:
     """id -> cleaned sequence of a FASTA file. An invalid sequence or a repeated id is a RecordError."""
     out: dict[str, str] = {}
-    for r in read_records(path):
+    for r in iter_records(path):
         if r.problem is not None:
             raise RecordError(r.error)
         if r.id in out:
@@ -343,6 +441,8 @@ __all__ = [
     "column_list",
     "file_suffix",
     "is_missing",
+    "iter_records",
+    "iter_table_chunks",
     "one_line",
     "read_fasta",
     "read_records",
