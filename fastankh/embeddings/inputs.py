@@ -23,17 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import RecordError
-from ..records import RECORD_SUFFIXES, Record, clean_sequence, file_suffix
-
-try:  # TEMP until the streaming reader lands
-    from ..records import iter_records
-except ImportError:
-    from ..records import read_records
-
-    def iter_records(*args):
-        return iter(read_records(*args))
-
-
+from ..records import RECORD_SUFFIXES, Record, clean_sequence, file_suffix, iter_records
 from .seen import MISSING, SeenRecords, digests
 
 Source = str | os.PathLike | Mapping[str, str] | Iterable[str] | Iterable[tuple[str, str]]
