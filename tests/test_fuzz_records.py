@@ -1,4 +1,4 @@
-"""Hostile input (issue 10.5): generated malformed files through the one reader of train, predict and embed
+"""Hostile input: generated malformed files through the one reader of train, predict and embed
 (fastankh/records.py). A file that cannot be read ends in one line naming the file (and the line where there
 is one), raised as RecordError (DataError on the train and predict paths), never another exception; a bad record
 keeps its `problem`, named by file and row; predict (on_invalid=skip) still predicts the valid records."""

@@ -70,7 +70,7 @@ class FineTuneModule(L.LightningModule):
         self.hparams.model_config = model.config.to_dict()
         if gradient_checkpointing:
             # Non-reentrant: works when the encoder input does not require grad (frozen embeddings, LoRA).
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         self.model, self.param_counts = apply_finetune(model, self.kind.head_attribute, finetune)
         # state-dict key -> key in the base encoder's state dict, for every frozen base tensor (lean checkpoints)
         self._base_keys = self._frozen_base_keys() if self.hparams.base and finetune["mode"] != "full" else {}

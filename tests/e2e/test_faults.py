@@ -1,4 +1,4 @@
-"""Faults (issue 10.4): unreadable checkpoints, a non-finite loss, mid-epoch checkpoints that resume exactly, and
+"""Faults: unreadable checkpoints, a non-finite loss, mid-epoch checkpoints that resume exactly, and
 a process killed while writing a checkpoint, an export or an embeddings file."""
 
 from __future__ import annotations

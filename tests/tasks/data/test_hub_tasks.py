@@ -1,5 +1,5 @@
 """Every Ankh paper hub task read offline from a small local copy of its Hub repo: the same file names, split
-files and columns as the authors' code reads (../shared/reference/hub-datasets.md), found through
+files and columns as the authors' code reads (the proteinea/* Hub dataset repos), found through
 FASTANKH_DATASETS_DIR and loaded by the same `datasets.load_dataset` call and everything after it."""
 
 from __future__ import annotations
