@@ -7,28 +7,23 @@ Keys are record ids; values (d_model,) pooled over residues, or (n_residues, d_m
     python embed.py model=ankh_base input=proteins.fasta output=embeddings.safetensors devices=4   # 4 GPUs, ddp
 
 Rerun the same command to resume: records already in the output, or in the shards an interrupted run left in
-<output>.shards/, are not recomputed. Runs on Lightning's predict loop (tasks/inference.py): devices=N
+<output>.shards/, are not recomputed. Runs on Lightning's predict loop (tasks/infer/harness.py): devices=N
 num_nodes=M accelerator=... strategy=... mean what they mean in conf/trainer.
-Options: conf/cli/embed.yaml. The work: tasks/embedding.py.
+Options: conf/cli/embed.yaml. The work: tasks/infer/embedding.py (`embed`).
 """
 
 from __future__ import annotations
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from tasks.data_sources import DataError
-from tasks.embedding import embed_file
+from tasks import cli
+from tasks.infer.embedding import embed
 
 
 @hydra.main(version_base="1.3", config_path="conf/cli", config_name="embed")
-def main(cfg: DictConfig) -> None:
-    try:
-        embeddings = embed_file(OmegaConf.to_container(cfg, resolve=True))
-    except DataError as err:  # bad input or a corrupt model: its line names the file; no traceback
-        raise SystemExit(f"error: {err}") from None
-    if embeddings is not None:  # rank 0 (the only process unless devices/num_nodes > 1)
-        print(f"wrote {len(embeddings)} embeddings to {cfg.output}")
+def main(cfg: DictConfig) -> object:
+    return cli.run_command(embed, cfg, __doc__)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
     python export.py checkpoint=... output_dir=ankh-ss3-lora merge_lora=false        # adapter only
     python export.py checkpoint=... output_dir=ankh-ss3 push_to_hub=true repo_id=my-org/ankh-ss3 private=true
 
-Options: conf/cli/export.yaml. Folder layout and loading: tasks/hub_export.py.
+Options: conf/cli/export.yaml. Folder layout and loading: tasks/hub/export_folder.py (`export`).
 """
 
 from __future__ import annotations
@@ -12,30 +12,13 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from tasks.hub_export import export_checkpoint, push_folder
-from tasks.trainer import CheckpointError
+from tasks import cli
+from tasks.hub.export_folder import export
 
 
 @hydra.main(version_base="1.3", config_path="conf/cli", config_name="export")
-def main(cfg: DictConfig) -> None:
-    if cfg.push_to_hub and not cfg.repo_id:
-        raise ValueError("push_to_hub=true needs repo_id=ORG/NAME")
-    try:
-        folder = export_checkpoint(
-            cfg.checkpoint,
-            cfg.output_dir,
-            merge_lora=cfg.merge_lora,
-            run_dir=cfg.run_dir,
-            base_model=cfg.base_model,
-            overwrite=cfg.overwrite,
-            repo_id=cfg.repo_id,
-        )
-    except (FileNotFoundError, CheckpointError) as err:  # a missing, truncated or unsafe checkpoint: one line
-        raise SystemExit(f"error: {err}") from None
-    print(f"exported {cfg.checkpoint} -> {folder}")
-    if cfg.push_to_hub:
-        url = push_folder(folder, cfg.repo_id, private=cfg.private, commit_message=cfg.commit_message)
-        print(f"pushed to https://huggingface.co/{cfg.repo_id} ({url})")
+def main(cfg: DictConfig) -> object:
+    return cli.run_command(export, cfg, __doc__)
 
 
 if __name__ == "__main__":

@@ -15,14 +15,14 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-import tasks.schema  # noqa: F401  (registers the task schema conf/config.yaml names)
-from tasks.training import train
+import tasks.task.schema  # noqa: F401  (registers the task schema conf/config.yaml names)
+from tasks import cli
+from tasks.train.recipe import train
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    """Returns cfg.optimized_metric (the best validation value) for hyperparameter sweeps."""
-    return train(cfg).score  # tasks/training.py; benchmark.py runs the same function per task
+    return cli.run_command(train, cfg, __doc__).score  # cfg.optimized_metric's best value, for sweeps
 
 
 if __name__ == "__main__":

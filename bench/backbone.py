@@ -109,7 +109,7 @@ def shipped_profile(size: int) -> list[float]:
     import numpy as np
     import pandas as pd
 
-    from tasks.data_batching import BucketBatchSampler, SeededSampler
+    from tasks.data.loaders import BucketBatchSampler, SeededSampler
 
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data")
     batches = []

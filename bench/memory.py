@@ -153,8 +153,8 @@ def child_train(base: str, mode: str, out: str) -> None:
     os.environ.setdefault("WANDB_MODE", "offline")
     from hydra import compose, initialize_config_dir
 
-    import tasks.schema  # noqa: F401
-    from tasks.training import train
+    import tasks.task.schema  # noqa: F401
+    from tasks.train.recipe import train
 
     overrides = [
         "task=ss3_local",

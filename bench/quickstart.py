@@ -2,7 +2,7 @@
 
     python bench/quickstart.py              # prints wall time, test q3 and the majority-class q3
 
-The test suite checks what the quickstart learns (tests/cli/test_train.py); how long it takes depends
+The test suite checks what the quickstart learns (tests/e2e/test_train.py); how long it takes depends
 on the machine, so it is measured here. README promises under 5 minutes on 2 CPU cores (the install
 not counted here; `trainer.max_time` stops training at 3 minutes).
 """
@@ -41,8 +41,8 @@ def main() -> None:
     from hydra import compose, initialize_config_dir
 
     from fastankh import load_tokenizer
-    from tasks.data import TaskDataModule
-    from tasks.spec import TaskSpec
+    from tasks.data.datamodule import TaskDataModule
+    from tasks.task.spec import TaskSpec
 
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["experiment=quickstart", *args.overrides])

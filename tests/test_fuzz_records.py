@@ -1,4 +1,4 @@
-"""Hostile input (issue 10.5): generated malformed files through the one reader of train, predict and embed
+"""Hostile input: generated malformed files through the one reader of train, predict and embed
 (fastankh/records.py). A file that cannot be read ends in one line naming the file (and the line where there
 is one), raised as RecordError (DataError on the train and predict paths), never another exception; a bad record
 keeps its `problem`, named by file and row; predict (on_invalid=skip) still predicts the valid records."""
@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 
 from fastankh.records import RecordError, read_fasta, read_records
-from tasks import prediction
-from tasks.data_encoding import encode
-from tasks.data_sources import DataError, read_source
-from tasks.spec import TaskSpec
+from tasks.data.encoding import encode
+from tasks.data.sources import DataError, read_source
+from tasks.infer import prediction
+from tasks.task.spec import TaskSpec
 
 FORMATS = [".csv", ".tsv", ".fasta", ".fa", ".parquet", ".csv.gz", ".fasta.gz", ".parquet.gz"]
 VALID = {
@@ -130,7 +130,7 @@ def test_unreadable_files_end_in_one_line_naming_the_file(name, suffix, data, ex
     # The predict path reads with the same reader and says the same line (as DataError); so does the train path,
     # which checks its columns after reading (its own one line for a missing column).
     with pytest.raises(DataError) as err:
-        prediction.read_records(path, "id", column)
+        prediction.read_input_records(path, "id", column)
     assert str(err.value) == message
     spec = TaskSpec(name="t", kind="masked_lm", data={"train": str(path), "sequence_column": column})
     with pytest.raises(DataError) as err:
@@ -215,8 +215,8 @@ def test_labels_of_the_wrong_length_are_one_line_per_row(name, label, problem, t
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> Path:
-    from tasks.hub_export import export_checkpoint
-    from tests.cli.test_export import best_checkpoint, short_rows, train_run
+    from tasks.hub.export_folder import export_checkpoint
+    from tests.helpers import best_checkpoint, short_rows, train_run
 
     root = tmp_path_factory.mktemp("fuzz_predict")
     short_rows("solubility.csv", 12).to_csv(root / "sol.csv", index=False)

@@ -11,11 +11,13 @@ from hydra import compose, initialize_config_dir
 from fastankh import FastAnkhConfig, FastAnkhModel, embed_dataset, load_tokenizer
 from fastankh.batching import length_batches
 from fastankh.records import clean_sequence
-from tasks import embedding as embed
-from tasks.data import DataError, TaskDataModule
-from tasks.prediction import check_records, read_records
-from tasks.spec import TaskSpec
-from tests.cli.test_export import REPO
+from tasks.data.datamodule import TaskDataModule
+from tasks.errors import DataError
+from tasks.infer import embedding as embed
+from tasks.infer.prediction import check_records
+from tasks.infer.prediction import read_input_records as read_records
+from tasks.task.spec import TaskSpec
+from tests.helpers import REPO
 
 ALLOWED = "the 20 standard residues and X B O U Z"
 CASES = {  # cell -> cleaned sequence, or the problem

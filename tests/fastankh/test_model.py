@@ -30,6 +30,7 @@ from fastankh.modeling_fastankh import (
 from fastankh.runtime import RUNTIME
 from fastankh.t5_conversion import convert_t5_state_dict, t5_key_to_fastankh
 from tests.conftest import FAMILIES, random_batch, t5_config
+from tests.helpers import BLOCK_FASTANKH
 
 # No length is a multiple of 128: flex pads 150 and 129 (alone) to 256; 150 > max_distance 128 reaches
 # the clamped log buckets.
@@ -391,17 +392,6 @@ def test_masked_lm_head_starts_as_the_scaled_embedding(t5_checkpoint):
     assert out.logits.shape == (2, 12, 144) and torch.isfinite(out.loss)
     loss, logits = mlm(ids, mask, labels=labels, return_dict=False)
     assert torch.equal(loss, out.loss) and torch.equal(logits, out.logits)
-
-
-BLOCK_FASTANKH = """
-import importlib.abc, sys
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("fastankh", "tasks"):
-            raise ImportError("blocked: " + name)
-sys.meta_path.insert(0, Block())
-sys.path = [p for p in sys.path if p not in ("", ".")]
-"""
 
 
 def test_remote_code_in_a_python_without_fastankh(tmp_path, t5_checkpoint):
