@@ -215,7 +215,7 @@ def run_cli(script: str, overrides: list[str], config_name: str | None = None) -
 
 def train_run(run_dir: Path, overrides: list[str]) -> Path:
     """A tiny train.py run writing into run_dir; returns run_dir."""
-    run_cli("train", TINY + overrides + [f"paths.output_dir={run_dir}"], config_name="config")
+    run_cli("train", TINY_RUN + overrides + [f"paths.output_dir={run_dir}"], config_name="config")
     return run_dir
 
 

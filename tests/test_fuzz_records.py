@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fastankh.records import RecordError, read_fasta, read_records
+from fastankh.records import RecordError, iter_records, iter_table_chunks, read_fasta, read_records, read_table
 from tasks.data.encoding import encode
 from tasks.data.sources import DataError, read_source
 from tasks.infer import prediction
@@ -239,3 +239,33 @@ def test_predict_skips_the_bad_records_and_predicts_the_rest(exported, tmp_path)
     assert skipped == reported and len(skipped) == len(bad) + 1
     assert all(line.startswith(f"{tmp_path / 'in.csv'}: row ") and "\n" not in line for line in skipped)
     assert pd.read_csv(tmp_path / "out.csv")["id"].tolist() == ["good1", "good2"]
+
+
+# The streaming reader (fastankh.records.iter_records) on every input above: the same records and errors in any
+# chunk size as the whole-file read.
+STREAM_INPUTS = [(name, suffix, data) for name, suffix, data, *_ in FILE_CASES + RECORD_CASES] + [
+    (f"valid{suffix}", suffix, valid_bytes(suffix)) for suffix in FORMATS
+]
+
+
+def outcome(read, *args, **kwargs) -> tuple[str, object]:
+    """("ok", read(*args, **kwargs)) or ("error", the RecordError's message)."""
+    try:
+        return "ok", read(*args, **kwargs)
+    except RecordError as err:
+        return "error", str(err)
+
+
+@pytest.mark.parametrize("name, suffix, data", STREAM_INPUTS, ids=[c[0] for c in STREAM_INPUTS])
+def test_fuzz_inputs_read_the_same_in_any_chunks(name, suffix, data, tmp_path):
+    path = write(tmp_path, name, suffix, data)
+    column = "seq" if name.startswith("missing-column") else "sequence"
+    expected = outcome(read_records, path, sequence_column=column)
+    for k in (1, 7, 65536):
+        assert outcome(lambda k: list(iter_records(path, sequence_column=column, chunk_rows=k)), k) == expected, k
+    table = outcome(read_table, path, sequence_column=column)
+    chunks = outcome(lambda: pd.concat(iter_table_chunks(path, sequence_column=column, chunk_rows=1)))
+    if table[0] == "ok":
+        pd.testing.assert_frame_equal(chunks[1].reset_index(drop=True), table[1])
+    else:
+        assert chunks == table == expected

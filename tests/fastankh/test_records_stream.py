@@ -20,14 +20,9 @@ from fastankh.records import (
     read_records,
     read_table,
 )
-from tasks.data_sources import PROJECT_ROOT
-from tests.test_fuzz_records import FILE_CASES, FORMATS, RECORD_CASES, valid_bytes, write
 
 CHUNK_ROWS = (1, 7, 65536)
-DATA_FILES = sorted((PROJECT_ROOT / "data").glob("*.csv"))
-FUZZ_INPUTS = [(name, suffix, data) for name, suffix, data, *_ in FILE_CASES + RECORD_CASES] + [
-    (f"valid{suffix}", suffix, valid_bytes(suffix)) for suffix in FORMATS
-]
+DATA_FILES = sorted((Path(__file__).resolve().parents[2] / "data").glob("*.csv"))
 FASTA_FIELDS = b">a x=1\nMKV\nKK\n>b\nGSH\n>c y=2 x=3\nTT\n>d\n\n>e y=\n;comment\nmk v\n"
 
 
@@ -49,21 +44,6 @@ def test_shipped_data_reads_the_same_in_any_chunks(path):
     for k in CHUNK_ROWS if len(records) < 3000 else CHUNK_ROWS[1:]:  # one-row chunks of 16k rows take a minute
         assert list(iter_records(path, chunk_rows=k)) == records, k
     pd.testing.assert_frame_equal(pd.concat(iter_table_chunks(path, chunk_rows=7), ignore_index=True), whole)
-
-
-@pytest.mark.parametrize("name, suffix, data", FUZZ_INPUTS, ids=[c[0] for c in FUZZ_INPUTS])
-def test_fuzz_inputs_read_the_same_in_any_chunks(name, suffix, data, tmp_path):
-    path = write(tmp_path, name, suffix, data)
-    column = "seq" if name.startswith("missing-column") else "sequence"
-    expected = outcome(read_records, path, sequence_column=column)
-    for k in CHUNK_ROWS:
-        assert outcome(lambda k: list(iter_records(path, sequence_column=column, chunk_rows=k)), k) == expected, k
-    table = outcome(read_table, path, sequence_column=column)
-    chunks = outcome(lambda: pd.concat(iter_table_chunks(path, sequence_column=column, chunk_rows=1)))
-    if table[0] == "ok":
-        pd.testing.assert_frame_equal(chunks[1].reset_index(drop=True), table[1])
-    else:
-        assert chunks == table == expected
 
 
 def test_fasta_header_fields_met_in_later_chunks_are_columns_of_the_whole_table(tmp_path):
