@@ -16,7 +16,7 @@ import hydra
 from omegaconf import DictConfig
 
 from tasks import cli
-from tasks.infer.prediction import predict
+from tasks.infer.predict_job import predict
 
 
 @hydra.main(version_base="1.3", config_path="conf/cli", config_name="predict")

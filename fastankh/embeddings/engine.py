@@ -42,7 +42,6 @@ def run_fingerprint(
     config = model.config
     return {
         "model": model_digest(model),
-        "model_name": str(getattr(config, "_name_or_path", "") or ""),
         "tokenizer": tokenizer_digest(tokenizer),
         "precision": str(compute).removeprefix("torch."),
         **spec.describe(config.num_layers),
@@ -58,7 +57,8 @@ class EmbeddingRun:
 
     With several processes (`rank` of `world_size`), every process reads the same input and takes windows
     rank, rank + world_size, ...; each writes its own shards, and rank 0 calls `finish` once all have flushed.
-    `length_option` / `length_hint` word the too-long error in the caller's option names."""
+    `length_option` / `length_hint` word the too-long error in the caller's option names; `fingerprint` (see
+    run_fingerprint) is computed from the model unless given (a caller that casts or moves the model first)."""
 
     def __init__(
         self,
@@ -81,6 +81,7 @@ class EmbeddingRun:
         run_token: str | None = None,
         length_option: str = "max_len",
         length_hint: str = "raise max_len or pass truncate=True",
+        fingerprint: dict[str, Any] | None = None,
     ):
         if batch_size < 1 or window < 1 or shard_bytes < 1:
             raise UserError("batch_size, window and shard_size must be >= 1")
@@ -93,8 +94,7 @@ class EmbeddingRun:
         self.read = lambda: raw_records(source, id_column, sequence_column)
         self.rules = {"max_length": max_length, "truncate": truncate, "length_option": length_option}
         self.rules["length_hint"] = length_hint
-        fingerprint = None
-        if self.output is not None:
+        if self.output is not None and fingerprint is None:
             fingerprint = run_fingerprint(model, self.tokenizer, self.spec, compute, max_length, truncate)
         self.store = open_store(self.output, fingerprint, shard_bytes, rank, world_size, run_token)
         self.done = self.store.done()

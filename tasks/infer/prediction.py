@@ -23,29 +23,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import sys
-import zipfile
-from collections import Counter
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
-from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig
 from transformers import AutoConfig
 
 from fastankh import load_tokenizer
-from fastankh.atomic import atomic_path
-from fastankh.batching import length_batches
 from fastankh.modeling_tasks import MIN_CONTACT_SEPARATION
 from fastankh.precision import resolve_precision
-from fastankh.records import Record, RecordError, read_records
+from fastankh.records import Record
 from fastankh.tokenization import prefix_length
-from tasks.errors import DataError
 from tasks.infer import harness
 from tasks.task.kinds import TASK_KINDS, kind_of_model
 
@@ -53,40 +42,6 @@ OUTPUT_SUFFIXES = (".csv", ".parquet")
 MAPS_SUFFIX = ".npz"
 SHARD_SUFFIX = ".npz"  # predict.py's shards (tasks/infer/harness.py): rows as JSON + contact maps
 ON_INVALID = ("skip", "error")
-
-
-def read_input_records(
-    path: str | os.PathLike, id_column: str = "id", sequence_column: str = "sequence"
-) -> list[Record]:
-    """Records of a FASTA file or a .csv/.tsv/.parquet table (optionally .gz), read by fastankh.records.
-
-    A table without `id_column` gets ids "<file stem>:<row>" (1-based data rows). Invalid records are
-    kept, with their `problem` (see check_records); an unreadable file is a DataError.
-    """
-    try:
-        return read_records(path, id_column, sequence_column)
-    except RecordError as err:  # missing file or column, unknown type, malformed FASTA: one line
-        raise DataError(str(err)) from None
-
-
-def check_records(records: Sequence[Record], source: str, max_length: int | None = None) -> tuple[list[int], list[str]]:
-    """(indices of valid records, one problem line per invalid record: `<file>: row <n> (id <id>): <problem>`).
-
-    A repeated id is a problem of its later records: outputs (the table's id column, contact maps) are keyed by id.
-    `source` is unused (each record names its file); kept for callers that pass it."""
-    valid, problems = [], []
-    first: dict[str, Record] = {}
-    for i, r in enumerate(records):
-        if r.problem is not None:
-            problems.append(r.error)
-        elif r.id in first:
-            problems.append(f"{r.where}: id {r.id!r} appears more than once (first at row {first[r.id].row})")
-        elif max_length is not None and len(r.sequence) > max_length:
-            problems.append(f"{r.where}: {len(r.sequence)} residues > max_length={max_length} (raise max_length)")
-        else:
-            valid.append(i)
-            first[r.id] = r
-    return valid, problems
 
 
 def task_kind(config: Any) -> str:
@@ -186,12 +141,6 @@ def _rows(
     return rows
 
 
-def batch_plan(records: Sequence[Record], batch_size: int) -> list[list[int]]:
-    """Indices of `records` in batches, longest first (fastankh.batching.length_batches, as training and
-    embed_dataset: least padding)."""
-    return length_batches([len(r.sequence) for r in records], batch_size)
-
-
 @torch.inference_mode()
 def predict_batch(
     model, tokenizer, kind: str, records: Sequence[Record], maps: dict[str, np.ndarray] | None = None
@@ -205,182 +154,4 @@ def predict_batch(
     return _rows(kind, labels, logits, list(records), prefix_length(tokenizer), maps)
 
 
-def write_table(rows: list[dict], path: str | os.PathLike) -> None:
-    """Rows to .csv or .parquet, atomically (temp file in the same folder, then os.replace)."""
-    path = Path(path)
-    if path.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise DataError(f"{path}: output must end in {' or '.join(OUTPUT_SUFFIXES)}")
-    frame = pd.DataFrame(rows)
-    with atomic_path(path) as tmp:
-        frame.to_parquet(tmp, index=False) if path.suffix.lower() == ".parquet" else frame.to_csv(tmp, index=False)
-
-
-def write_maps(maps: dict[str, np.ndarray], path: str | os.PathLike) -> None:
-    """Contact maps to a compressed .npz (one array per record id), atomically."""
-    with atomic_path(Path(path)) as tmp, open(tmp, "wb") as f:  # a file object: numpy adds no suffix
-        np.savez_compressed(f, **maps)
-
-
-def predict_file(
-    model: str | os.PathLike,
-    input: str | os.PathLike,
-    output: str | os.PathLike,
-    batch_size: int = 16,
-    on_invalid: str = "skip",
-    id_column: str = "id",
-    sequence_column: str = "sequence",
-    max_length: int | None = None,
-    accelerator: str = "auto",
-    precision: str = "auto",
-    progress: bool = True,
-    report: Callable[[str], None] | None = None,
-    contact_maps: str | os.PathLike | None = None,
-    devices: int | str = 1,
-    num_nodes: int = 1,
-    strategy: str = "auto",
-    save_every: int = 100,
-) -> list[str]:
-    """Predict every valid record of `input` into `output`; returns the problem lines of skipped records.
-
-    Runs on Lightning's predict loop over `devices` x `num_nodes` processes (`accelerator`, `strategy`: as
-    in conf/trainer; tasks/infer/harness.py): each rank predicts its share of the length-sorted batches and saves
-    its rows every `save_every` batches as shards in `<output>.shards/`; rank 0 writes the table in input
-    order and removes the shards. A rerun after a crash predicts only the records the shards lack.
-
-    `contact_maps` (residue_pair_classification models): also write each record's (L, L) contact probability
-    map to this .npz, keyed by record id.
-
-    `precision`: the dtype the model computes in (see load_task_model); `auto` is bf16 on hardware with native
-    bf16 matmuls. Bad input raises DataError before the model is loaded (on_invalid="error": one line per invalid
-    record); on_invalid="skip" passes each line to `report` (rank 0) before any prediction and predicts the rest.
-    """
-    if on_invalid not in ON_INVALID:
-        raise DataError(f"on_invalid must be one of {ON_INVALID}, got {on_invalid!r}")
-    try:  # a bad precision (e.g. fp16) stops before any work
-        resolve_precision(precision, "cpu")
-    except ValueError as err:
-        raise DataError(str(err)) from None
-    if Path(output).suffix.lower() not in OUTPUT_SUFFIXES:
-        raise DataError(f"{output}: output must end in {' or '.join(OUTPUT_SUFFIXES)}")
-    if contact_maps is not None and Path(contact_maps).suffix.lower() != MAPS_SUFFIX:
-        raise DataError(f"{contact_maps}: contact_maps must end in {MAPS_SUFFIX}")
-    records = read_input_records(input, id_column, sequence_column)
-    valid, problems = check_records(records, os.fspath(input), max_length)
-    if problems and on_invalid == "error":
-        raise DataError("\n".join(problems))
-    trainer = harness.build_trainer(accelerator, devices, num_nodes, strategy, progress=progress)
-    if report is not None and trainer.is_global_zero:
-        for line in problems:
-            report(line)
-    if not valid:
-        raise DataError(f"{input}: no valid records to predict")
-    todo_records = [records[i] for i in valid]
-    if contact_maps is not None:
-        twice = sorted(k for k, count in Counter(r.id for r in todo_records).items() if count > 1)
-        if twice:
-            raise DataError(f"{input}: contact_maps are keyed by record id; id(s) used twice: {', '.join(twice)}")
-    compute = harness.compute_dtype(precision, trainer)
-    task_model, tokenizer, kind = load_task_model(model, "cpu", "32")  # cast to `compute` on its device
-    if contact_maps is not None and kind != "residue_pair_classification":
-        raise DataError(f"contact_maps needs a residue_pair_classification model; {model} is {kind}")
-    with_maps = contact_maps is not None
-    shards = harness.shard_dir(output)
-    options = {"model": os.fspath(model), "compute": str(compute).removeprefix("torch."), "contact_maps": with_maps}
-    harness.check_shard_options(shards, options)
-    shard_files = harness.shard_files(shards, SHARD_SUFFIX)
-    done = {i for path in shard_files for i, _, _ in _read_shard(path, todo_records, with_maps=False)}
-    todo = [i for i in range(len(todo_records)) if i not in done]
-    batches = [[todo[j] for j in chunk] for chunk in batch_plan([todo_records[i] for i in todo], batch_size)]
-
-    def step(model: torch.nn.Module, batch: list[int]) -> list[tuple[int, dict, np.ndarray | None]]:
-        maps: dict[str, np.ndarray] | None = {} if with_maps else None
-        rows = predict_batch(model, tokenizer, kind, [todo_records[i] for i in batch], maps)
-        return [(i, row, maps[row["id"]] if maps is not None else None) for i, row in zip(batch, rows)]
-
-    def merge() -> list[str]:
-        rows: dict[int, dict] = {}
-        maps: dict[str, np.ndarray] = {}
-        for path in harness.shard_files(shards, SHARD_SUFFIX):
-            for i, row, probability_map in _read_shard(path, todo_records, with_maps):
-                rows[i] = row
-                if probability_map is not None:
-                    maps[row["id"]] = probability_map
-        missing = [todo_records[i].id for i in range(len(todo_records)) if i not in rows]
-        if missing:
-            raise DataError(f"{shards}: {len(missing)} record(s) missing after the run (e.g. {missing[0]!r}); rerun")
-        write_table([rows[i] for i in range(len(todo_records))], output)
-        if with_maps:
-            write_maps(maps, contact_maps)
-        shutil.rmtree(shards, ignore_errors=True)
-        return problems
-
-    writer = harness.ShardWriter(shards, SHARD_SUFFIX, _write_shard, options, save_every)
-    result = harness.run(trainer, writer, merge, lambda: task_model, range(len(todo_records)), batches, step, compute)
-    return problems if result is None else result
-
-
-def _write_shard(results: list[tuple[int, dict, np.ndarray | None]], path: Path) -> None:
-    """One shard of predict.py: the rows (JSON, with their index among the valid records) and contact maps."""
-    rows = [{"index": i, "row": row} for i, row, _ in results]
-    arrays = {"rows": np.frombuffer(json.dumps(rows).encode(), dtype=np.uint8)}
-    arrays.update({f"map_{j}": m for j, (_, _, m) in enumerate(results) if m is not None})
-    with open(path, "wb") as f:  # a file object: numpy adds no suffix
-        np.savez(f, **arrays)
-
-
-def _read_shard(
-    path: Path, records: Sequence[Record], with_maps: bool = True
-) -> list[tuple[int, dict, np.ndarray | None]]:
-    """(index, row, contact map or None) of a shard's rows that still match the input (same index, id and
-    sequence); an unreadable shard counts as absent (its records are predicted again)."""
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            rows = json.loads(f["rows"].tobytes().decode())
-            maps = {name: f[name] for name in f.files if with_maps and name.startswith("map_")}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-        return []
-    out = []
-    for j, entry in enumerate(rows):
-        i, row = entry["index"], entry["row"]
-        if i < len(records) and records[i].id == row["id"] and records[i].sequence == row["sequence"]:
-            out.append((i, row, maps.get(f"map_{j}")))
-    return out
-
-
-__all__ = [
-    "Record",
-    "read_input_records",
-    "check_records",
-    "load_task_model",
-    "predict_batch",
-    "predict",
-    "predict_file",
-    "ranked_contacts",
-    "task_kind",
-    "write_maps",
-    "write_table",
-]
-
-
-def predict(cfg: DictConfig) -> list[str]:
-    """predict.py's body: predict_file on conf/cli/predict.yaml's `cfg`; skipped records are reported on
-    stderr (rank 0) and rank 0 prints what it wrote. Returns the problem lines of skipped records."""
-    skipped = predict_file(
-        cfg.model,
-        cfg.input,
-        cfg.output,
-        batch_size=cfg.batch_size,
-        on_invalid=cfg.on_invalid,
-        id_column=cfg.id_column,
-        sequence_column=cfg.sequence_column,
-        max_length=cfg.max_length,
-        precision=cfg.precision,
-        progress=cfg.progress,
-        report=lambda line: print(f"skipping {line}", file=sys.stderr),
-        contact_maps=cfg.contact_maps,
-        save_every=cfg.save_every,
-        **{key: cfg[key] for key in harness.TRAINER_KEYS},
-    )
-    if rank_zero_only.rank == 0:  # the only process unless devices/num_nodes > 1
-        print(f"wrote {cfg.output}" + (f" ({len(skipped)} invalid record(s) skipped)" if skipped else ""))
-    return skipped
+__all__ = ["load_task_model", "predict_batch", "ranked_contacts", "task_kind"]
