@@ -17,7 +17,7 @@ import pytest
 from fastankh.records import RecordError, iter_records, iter_table_chunks, read_fasta, read_records, read_table
 from tasks.data.encoding import encode
 from tasks.data.sources import DataError, read_source
-from tasks.infer import prediction
+from tasks.infer import predict_job
 from tasks.task.spec import TaskSpec
 
 FORMATS = [".csv", ".tsv", ".fasta", ".fa", ".parquet", ".csv.gz", ".fasta.gz", ".parquet.gz"]
@@ -127,10 +127,10 @@ def test_unreadable_files_end_in_one_line_naming_the_file(name, suffix, data, ex
     message = str(err.value)
     assert message.startswith(f"{path}: ") and "\n" not in message and len(message) < 2000, message
     assert expected in message, message
-    # The predict path reads with the same reader and says the same line (as DataError); so does the train path,
-    # which checks its columns after reading (its own one line for a missing column).
-    with pytest.raises(DataError) as err:
-        prediction.read_input_records(path, "id", column)
+    # The predict path streams with the same reader and says the same line; so does the train path, which
+    # checks its columns after reading (its own one line for a missing column).
+    with pytest.raises(RecordError) as err:
+        list(predict_job.checked(iter_records(path, "id", column)))
     assert str(err.value) == message
     spec = TaskSpec(name="t", kind="masked_lm", data={"train": str(path), "sequence_column": column})
     with pytest.raises(DataError) as err:
@@ -233,7 +233,7 @@ def test_predict_skips_the_bad_records_and_predicts_the_rest(exported, tmp_path)
     lines += ["good2,GSHMSLFDFF", "bad-J,MKJ"]
     (tmp_path / "in.csv").write_text("\n".join(lines) + "\n")
     reported: list[str] = []
-    skipped = prediction.predict_file(
+    skipped = predict_job.predict_file(
         exported, tmp_path / "in.csv", tmp_path / "out.csv", on_invalid="skip", progress=False, report=reported.append
     )
     assert skipped == reported and len(skipped) == len(bad) + 1

@@ -10,12 +10,11 @@ from hydra import compose, initialize_config_dir
 
 from fastankh import FastAnkhConfig, FastAnkhModel, embed_dataset, load_tokenizer
 from fastankh.batching import length_batches
-from fastankh.records import clean_sequence
+from fastankh.records import clean_sequence, read_records
 from tasks.data.datamodule import TaskDataModule
 from tasks.errors import DataError
 from tasks.infer import embedding as embed
-from tasks.infer.prediction import check_records
-from tasks.infer.prediction import read_input_records as read_records
+from tasks.infer.predict_job import check_records
 from tasks.task.spec import TaskSpec
 from tests.helpers import REPO
 
@@ -62,7 +61,7 @@ def train(path: str) -> str:
 
 def predict(path: str) -> str:
     records = read_records(path)
-    valid, problems = check_records(records, path)
+    valid, problems = check_records(records)
     if problems:
         raise DataError("\n".join(problems))
     return records[valid[0]].sequence
@@ -78,7 +77,7 @@ def embed_cli(path: str, tmp_path) -> str:
         cfg = compose(
             "embed", overrides=[f"input={path}", f"output={tmp_path / 'out.safetensors'}", "model=/nonexistent/encoder"]
         )
-    embed.embed_file(cfg)  # a valid file goes on to load the (missing) encoder
+    embed.embed(cfg)  # a valid file goes on to load the (missing) encoder
     raise AssertionError("unreachable")
 
 

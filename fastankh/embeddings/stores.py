@@ -109,9 +109,9 @@ class ShardFolder:
         if (self.path / RUN_FILE).is_file():
             saved = read_run_file(self.path)
             check_fingerprint(saved.get("fingerprint", {}), fingerprint, str(self.path))
-        elif self.path.is_dir() and any(self.path.iterdir()):
+        elif self.path.is_dir() and any(not p.name.startswith(".") for p in self.path.iterdir()):
             raise UserError(f"{self.path}: a folder without {RUN_FILE}, not a FastANKH embeddings output")
-        else:  # every process may write it: the same content, atomically
+        else:  # every process may write it (hidden temp files of another's write are ignored): same content, atomic
             with atomic_path(self.path / RUN_FILE) as tmp:
                 run = {"format": self.format.name, "fingerprint": fingerprint}
                 tmp.write_text(json.dumps(run, indent=1, sort_keys=True) + "\n")

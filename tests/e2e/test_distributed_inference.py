@@ -1,6 +1,7 @@
-"""embed.py and predict.py on Lightning's predict loop (tasks/infer/harness.py): 2 CPU processes (ddp) give the
-one-process outputs, each rank on a disjoint share of the batches; a run stopped half-way resumes from its
-shards and ends with the same output; a corrupt export is one line naming the file."""
+"""embed.py and predict.py on the job harness (tasks/infer/harness.py, Lightning's predict loop): 2 CPU processes
+(ddp) give the one-process outputs, each rank on a disjoint share of the windows; a run stopped half-way resumes
+from its shards, recomputes none of them and ends with the same output; a corrupt export is one line naming the
+file."""
 
 from __future__ import annotations
 
@@ -14,34 +15,34 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from safetensors.torch import load_file
 
 import tasks.infer.embedding
 import tasks.infer.harness
-import tasks.infer.prediction
+import tasks.infer.predict_job
 from fastankh import FastAnkhConfig, FastAnkhModel, load_tokenizer
-from tasks.errors import DataError
+from fastankh import open_embeddings as load_file
+from fastankh.errors import UserError
 from tasks.task.kinds import TASK_KINDS
 from tests.helpers import REPO, run_cli, short_rows
 
-N_RECORDS = 16  # batch_size=2: 8 batches, 4 per rank
-# Runs each script in the repository's root, recording what every rank writes into a shard (its own
+N_RECORDS = 16  # window=2: 8 windows, 4 per rank
+# Runs each script in the repository's root, recording the records of every window a rank writes (its own
 # process: the ddp launcher starts this file again for rank 1).
 WRAPPER = """
 import json, os, sys
 sys.path.insert(0, {repo!r})
-import tasks.infer.harness as inference
+import tasks.infer.harness as harness
 
-flush = inference.ShardWriter.flush
+write = harness.JobWriter.write_on_batch_end
 
-def recording_flush(self, trainer):
-    if self.buffer:
-        name = f"rank{{trainer.global_rank}}-{{self.written}}.json"
-        with open(os.path.join({log!r}, name), "w") as f:
-            json.dump([str(item[0]) for item in self.buffer], f)
-    flush(self, trainer)
+def recording_write(self, trainer, pl_module, prediction, batch_indices, batch, *args):
+    window = batch[1] if isinstance(batch, tuple) else batch  # predict's items carry their window index
+    name = f"rank{{trainer.global_rank}}-{{trainer.predict_loop.batch_progress.current.completed:04d}}.json"
+    with open(os.path.join({log!r}, name), "w") as f:
+        json.dump([r.id for r in window], f)
+    write(self, trainer, pl_module, prediction, batch_indices, batch, *args)
 
-inference.ShardWriter.flush = recording_flush
+harness.JobWriter.write_on_batch_end = recording_write
 # as `python <script>` would, but with sys.argv[0] left pointing here: rank 1 is launched with this file too
 with open({script!r}) as f:
     exec(compile(f.read(), {script!r}, "exec"), {{"__name__": "__main__", "__file__": {script!r}}})
@@ -72,12 +73,12 @@ def setup(tmp_path_factory) -> dict[str, Path]:
 
 
 def embed_args(setup, output: Path, *extra: str) -> list[str]:
-    common = ["batch_size=2", "precision=32", "progress=false", "save_every=1"]
+    common = ["batch_size=2", "window=2", "shard_size=1", "precision=32", "progress=false"]
     return [f"model={setup['encoder']}", f"input={setup['input']}", f"output={output}", *common, *extra]
 
 
 def predict_args(setup, output: Path, *extra: str) -> list[str]:
-    common = ["batch_size=2", "precision=32", "progress=false", "save_every=1"]
+    common = ["batch_size=2", "window=2", "precision=32", "progress=false"]
     return [
         f"model={setup['export']}",
         f"input={setup['root'] / 'with_bad.fasta'}",
@@ -130,10 +131,11 @@ def test_two_processes_embed_like_one(ddp_runs):
     diff = max((two[k] - one[k]).abs().max().item() for k in one)
     assert diff <= 1e-6, diff
     shares = ddp_runs["embed_shares"]
-    assert len(shares[0]) == len(shares[1]) == N_RECORDS // 2  # 4 batches of 2 each
+    assert len(shares[0]) == len(shares[1]) == N_RECORDS // 2  # 4 windows of 2 each
     assert not set(shares[0]) & set(shares[1]) and set(shares[0]) | set(shares[1]) == set(one)
     assert ddp_runs["embed_stdout"].count("wrote 16 embeddings") == 1  # rank 0 only
-    assert not tasks.infer.harness.shard_dir(ddp_runs["embed"]).exists()
+    shards = sorted(p.name for p in ddp_runs["embed"].glob("part-*"))
+    assert len(shards) == 8 and {s.split("-")[2] for s in shards} == {"r00000", "r00001"}  # each rank its own
 
 
 def test_two_processes_predict_like_one(ddp_runs):
@@ -148,27 +150,27 @@ def test_two_processes_predict_like_one(ddp_runs):
     assert two.equals(one)  # measured: identical
     shares = ddp_runs["predict_shares"]
     assert len(shares[0]) == len(shares[1]) == N_RECORDS // 2
-    assert sorted(map(int, shares[0] + shares[1])) == list(range(N_RECORDS))
+    assert sorted(shares[0] + shares[1]) == sorted(one["id"])
     assert ddp_runs["predict_stderr"].count("(id bad_record)") == 1  # reported by rank 0 only
     assert ddp_runs["predict_stdout"].count("wrote ") == 1
-    assert not tasks.infer.harness.shard_dir(ddp_runs["predict"]).exists()
+    assert not tasks.infer.predict_job.shard_dir(ddp_runs["predict"]).exists()
 
 
 class Stop(Exception):
     pass
 
 
-def stop_after(monkeypatch, shards: int) -> None:
-    """The next run dies (like a kill) once it has written `shards` shards; buffered results are lost."""
-    flush, written = tasks.infer.harness.ShardWriter.flush, []
+def stop_after(monkeypatch, windows: int) -> None:
+    """The next run dies once it has handed `windows` windows to its store."""
+    write, written = tasks.infer.harness.JobWriter.write_on_batch_end, []
 
-    def flush_then_die(self, trainer):
-        flush(self, trainer)
+    def write_then_die(self, *args):
+        write(self, *args)
         written.append(1)
-        if len(written) == shards:
+        if len(written) == windows:
             raise Stop("killed")
 
-    monkeypatch.setattr(tasks.infer.harness.ShardWriter, "flush", flush_then_die)
+    monkeypatch.setattr(tasks.infer.harness.JobWriter, "write_on_batch_end", write_then_die)
 
 
 def count_rows(monkeypatch, module, name: str, rows: list[int]) -> None:
@@ -188,29 +190,28 @@ def count_rows(monkeypatch, module, name: str, rows: list[int]) -> None:
 
 def test_embed_stopped_half_way_resumes_to_the_same_output(setup, ddp_runs, tmp_path, monkeypatch):
     output = tmp_path / "out.safetensors"
-    stop_after(monkeypatch, 4)  # 4 of 8 batches
+    stop_after(monkeypatch, 4)  # 4 of 8 windows, one shard each (shard_size=1)
     with pytest.raises(Stop):
         run_cli("embed", embed_args(setup, output))
     monkeypatch.undo()
-    shards = tasks.infer.harness.shard_dir(output)
-    assert not output.exists() and len(tasks.infer.harness.shard_files(shards, ".safetensors")) == 4
-    with pytest.raises(DataError, match=r"shards of an earlier run with output=pooled_mean.*output=pooled_max"):
-        tasks.infer.embedding.embed_file({**compose_embed(setup, output), "pooling": "max"})
+    shards = {p: p.stat().st_mtime_ns for p in output.glob("part-*.safetensors")}
+    assert len(shards) == 4 and not (output / "index.tsv").exists()
+    with pytest.raises(UserError, match=r"written with output=pooled_mean, this run has output=pooled_max"):
+        tasks.infer.embedding.embed(compose_embed(setup, output, "pooling=max"))
     rows: list[int] = []
     count_rows(monkeypatch, tasks.infer.embedding, "load_encoder", rows)
     run_cli("embed", embed_args(setup, output))
     assert sum(rows) == N_RECORDS // 2  # the other half only
+    assert all(p.stat().st_mtime_ns == mtime for p, mtime in shards.items())  # no shard rewritten
     resumed, straight = load_file(output), load_file(ddp_runs["embed_one"])
-    assert set(resumed) == set(straight) and all(torch.equal(resumed[k], straight[k]) for k in straight)
-    assert not shards.exists()
+    assert list(resumed) == list(straight) and all(torch.equal(resumed[k], straight[k]) for k in straight)
 
 
-def compose_embed(setup, output: Path) -> dict:
+def compose_embed(setup, output: Path, *extra: str):
     from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
 
     with initialize_config_dir(str(REPO / "conf" / "cli"), version_base="1.3"):
-        return OmegaConf.to_container(compose("embed", overrides=embed_args(setup, output)), resolve=True)
+        return compose("embed", overrides=embed_args(setup, output, *extra))
 
 
 def test_predict_stopped_half_way_resumes_to_the_same_output(setup, ddp_runs, tmp_path, monkeypatch):
@@ -219,10 +220,10 @@ def test_predict_stopped_half_way_resumes_to_the_same_output(setup, ddp_runs, tm
     with pytest.raises(Stop):
         run_cli("predict", predict_args(setup, output))
     monkeypatch.undo()
-    shards = tasks.infer.harness.shard_dir(output)
-    assert not output.exists() and len(tasks.infer.harness.shard_files(shards, ".npz")) == 4
+    shards = tasks.infer.predict_job.shard_dir(output)
+    assert not output.exists() and len(list(shards.glob("w*.parquet"))) == 4
     rows: list[int] = []
-    count_rows(monkeypatch, tasks.infer.prediction, "load_task_model", rows)
+    count_rows(monkeypatch, tasks.infer.predict_job, "load_task_model", rows)
     run_cli("predict", predict_args(setup, output))
     assert sum(rows) == N_RECORDS // 2
     assert output.read_bytes() == ddp_runs["predict_one"].read_bytes()
@@ -250,7 +251,7 @@ def test_corrupt_export_is_one_line_naming_the_file(setup, script, name, tmp_pat
         run_cli(script, overrides)
     message = stop.value.code  # a string: Python prints it as the one line on stderr and exits with 1
     assert isinstance(message, str) and message.startswith(f"error: {model / name}: ") and "\n" not in message
-    assert not output.exists() and not tasks.infer.harness.shard_dir(output).exists()
+    assert not output.exists() and not tasks.infer.predict_job.shard_dir(output).exists()
 
 
 @pytest.mark.parametrize("script", ["embed", "predict"])

@@ -1,14 +1,15 @@
-"""embed.py: keys and shapes, pooling over residues only, resuming, an export's encoder, bad input."""
+"""embed.py: keys and shapes, pooling over residues only, resuming, formats, layers, an export's encoder, the
+duplicate policy (the engine's: fastankh/embeddings/inputs.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from safetensors.torch import load_file
 
-from fastankh import FastAnkhConfig, FastAnkhForTokenClassification, FastAnkhModel, load_tokenizer
-from tasks.errors import DataError
+from fastankh import FastAnkhConfig, FastAnkhForTokenClassification, FastAnkhModel, embed_dataset, load_tokenizer
+from fastankh import open_embeddings as load_file
+from fastankh.errors import UserError
 from tasks.infer import embedding as embed
 from tests.helpers import REPO, run_cli
 
@@ -84,17 +85,36 @@ def test_export_folder_embeds_with_its_encoder(tmp_path):
         assert torch.equal(encoder.state_dict()[name], weight), name
 
 
-def test_duplicate_table_ids_are_refused(encoder_dir, tmp_path):
-    (tmp_path / "in.csv").write_text("id,sequence\na,MKT\nb,GSH\na,MKV\n")
+def compose_embed(overrides: list[str]):
     with initialize_config_dir(str(REPO / "conf" / "cli"), version_base="1.3"):
-        cfg = compose(
-            "embed",
-            overrides=[
-                f"model={encoder_dir}",
-                f"input={tmp_path / 'in.csv'}",
-                f"output={tmp_path / 'out.safetensors'}",
-            ],
-        )
-    with pytest.raises(DataError, match=r"in\.csv: record id 'a' appears more than once"):
-        embed.embed_file(cfg)
-    assert not (tmp_path / "out.safetensors").exists()
+        return compose("embed", overrides=overrides)
+
+
+def test_duplicate_policy_is_the_engines(encoder_dir, tmp_path):
+    """A repeated id with the same sequence is one record; with another sequence it is refused before any model."""
+    (tmp_path / "same.csv").write_text("id,sequence\na,MKT\nb,GSH\na,mkt\n")
+    out = embed.embed(
+        compose_embed([f"model={encoder_dir}", f"input={tmp_path / 'same.csv'}", f"output={tmp_path / 's'}"])
+    )
+    assert list(out) == ["a", "b"]
+    (tmp_path / "other.csv").write_text("id,sequence\na,MKT\nb,GSH\na,MKV\n")
+    cfg = compose_embed(["model=no-such-model", f"input={tmp_path / 'other.csv'}", f"output={tmp_path / 'o'}"])
+    with pytest.raises(UserError, match=r"other\.csv: row 3 \(id a\): id 'a' appears twice with different sequences"):
+        embed.embed(cfg)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("name", ["out.safetensors", "out.parquet", "out.h5"])
+def test_cli_equals_embed_dataset_in_every_format_and_layer(encoder_dir, tmp_path, name):
+    write_fasta(tmp_path / "in.fasta", RECORDS)
+    overrides = ["layers=[0,-1]", "pooling=mean+std", "precision=32", "progress=false", "batch_size=2"]
+    run_cli(
+        "embed", [f"model={encoder_dir}", f"input={tmp_path / 'in.fasta'}", f"output={tmp_path / name}", *overrides]
+    )
+    got = load_file(tmp_path / name)
+    model = FastAnkhModel.from_pretrained(encoder_dir).eval()
+    expected = embed_dataset(model, RECORDS, layers=[0, -1], pooling="mean+std", precision="32", progress=False)
+    assert list(got) == list(RECORDS)
+    for key in RECORDS:
+        assert got[key].shape == (2 * 2 * 96,)
+        torch.testing.assert_close(got[key], expected[key], atol=1e-6, rtol=0)

@@ -197,7 +197,10 @@ import sys, threading, time
 from pathlib import Path
 import torch
 from safetensors.torch import save_file
-import fastankh.protein_embeddings as pe
+import json
+from fastankh.embeddings import formats
+from fastankh.embeddings.stores import ShardFolder
+from fastankh.records import Record
 import tasks.train.checkpoints as tr
 from tasks.train.run_files import atomic_dir
 
@@ -221,9 +224,15 @@ def export():
         (tmp / "config.json").write_text("{}")
         slow(save_file)({"w": torch.ones(50_000)}, tmp / "model.safetensors")
 
-def embeddings():
-    pe.save_file = slow(save_file)
-    pe.save_store(str(root / "emb.safetensors"), {"a": torch.ones(50_000)}, {"format": "x"})
+def embeddings():  # a second shard of an existing embeddings output
+    real = formats.SafetensorsShards.write
+    formats.SafetensorsShards.write = lambda path, ids, tensors, meta: slow(
+        lambda obj, target: real(target, ids, tensors, meta)
+    )(None, path)
+    fingerprint = json.loads((root / "emb.safetensors" / "run.json").read_text())["fingerprint"]
+    store = ShardFolder(root / "emb.safetensors", fingerprint)
+    store.add([Record("b", "MKV", 2, "b")], [torch.ones(50_000)])
+    store.flush()
 
 for job in (checkpoint, export, embeddings):
     threading.Thread(target=job, daemon=True).start()
@@ -249,7 +258,10 @@ def test_a_process_killed_mid_write_leaves_the_previous_files(tmp_path):
     with atomic_dir(tmp_path / "export") as tmp:
         (tmp / "config.json").write_text('{"old": 1}')
         save_file({"w": torch.zeros(3)}, tmp / "model.safetensors")
-    save_file({"a": torch.zeros(3)}, tmp_path / "emb.safetensors")
+    from fastankh import FastAnkhConfig, FastAnkhModel, open_embeddings
+
+    tiny = FastAnkhModel(FastAnkhConfig.from_preset("ankh_tiny", num_layers=1)).eval()
+    saved = tiny.embed_dataset({"a": "MKT"}, save_path=tmp_path / "emb.safetensors", progress=False)["a"]
     before = snapshot(tmp_path)
 
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -270,4 +282,5 @@ def test_a_process_killed_mid_write_leaves_the_previous_files(tmp_path):
     assert checkpoint_problem(tmp_path / "last.ckpt") is None
     assert torch.equal(torch.load(tmp_path / "last.ckpt", weights_only=True)["state_dict"]["w"], torch.zeros(3))
     assert torch.equal(load_file(tmp_path / "export" / "model.safetensors")["w"], torch.zeros(3))
-    assert torch.equal(load_file(tmp_path / "emb.safetensors")["a"], torch.zeros(3))
+    assert list(open_embeddings(tmp_path / "emb.safetensors")) == ["a"]
+    assert torch.equal(open_embeddings(tmp_path / "emb.safetensors")["a"], saved)

@@ -14,7 +14,8 @@ import tasks.infer.prediction
 from fastankh import FastAnkhConfig, FastAnkhModel, load_tokenizer, prefix_length
 from tasks.errors import DataError
 from tasks.hub.export_folder import export_checkpoint
-from tasks.infer.prediction import load_task_model, predict_file
+from tasks.infer.predict_job import predict_file
+from tasks.infer.prediction import load_task_model
 from tests.helpers import REPO, best_checkpoint, run_cli, short_rows, train_run, write_sequences
 
 
