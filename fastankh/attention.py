@@ -108,7 +108,8 @@ class AttentionInputs:
         """(N, d) -> (B * L, d), zeros at padding."""
         if self.token_index is None:
             return x
-        return x.new_zeros(self.batch * self.length, x.size(-1)).index_copy(0, self.token_index, x)
+        # index_copy_, in place: index_copy would clone the zeros first
+        return x.new_zeros(self.batch * self.length, x.size(-1)).index_copy_(0, self.token_index, x)
 
     def to_attention(self, x: torch.Tensor) -> torch.Tensor:
         """(N, d) -> (rows * row_length, d), the layout attention runs on."""

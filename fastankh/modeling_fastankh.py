@@ -48,6 +48,7 @@ from .t5_conversion import (  # noqa: F401  (_checkpoint_model_type: used by mod
 
 # from_pretrained keyword arguments that are config attributes too but here are loading options.
 _DTYPE_KWARGS = ("dtype", "torch_dtype")
+FFN_CHUNK_BYTES = 12 << 20  # the smallest (tokens, d_ff) chunk of the FFN at inference (FastAnkhFeedForward._inference)
 
 
 # --------------------------------------------------------------------------------------------
@@ -228,11 +229,8 @@ class FastAnkhFeedForward(nn.Module):
         self.dropout = nn.Dropout(config.dropout_rate)
 
     def forward(self, x: torch.Tensor, compiled: bool = False) -> torch.Tensor:
-        if not (compiled or torch.is_grad_enabled()):
-            # inference: act(gate) replaces the gate before `up` exists and takes the product in place, so two
-            # (tokens, d_ff) tensors are alive at once instead of four (gate, up, act(gate), product)
-            hidden = self.act(self.wi_0(x))
-            return self.wo(self.dropout(hidden.mul_(self.wi_1(x))))
+        if not (torch.is_grad_enabled() or (self.training and self.dropout.p > 0)):
+            return self._inference(x, compiled)
         gate, up = self.wi_0(x), self.wi_1(x)
         act_backward = _ACTIVATION_BACKWARD.get(self.activation)
         if compiled or act_backward is None or not (gate.requires_grad or up.requires_grad):
@@ -240,6 +238,33 @@ class FastAnkhFeedForward(nn.Module):
         else:
             hidden = _GatedActivation.apply(gate, up, self.act, act_backward)
         return self.wo(self.dropout(hidden))
+
+    def _inference(self, x: torch.Tensor, compiled: bool) -> torch.Tensor:
+        """The forward without autograd, in equal chunks of tokens, each chunk's wo written straight into the
+        output. The (tokens, d_ff) intermediates of a whole batch (43 MB each at 7,000 tokens of ankh_base in bf16)
+        are past glibc's largest mmap threshold (32 MB): every one was fresh memory, page-faulted in and handed
+        back, three per layer (~40% of a bf16 forward's page faults on AMX; a fault costs ~1 ms per MB there when
+        the cores are shared). Chunks of FFN_CHUNK_BYTES to twice that (>= 1024 tokens) are reused from the heap.
+        Same ops per token; oneDNN's bf16 rows came out bit-equal to the whole batch's at ankh_base widths for
+        chunks of >= ~1000 rows (they may round differently at other widths, as a change of batch does)."""
+        rows = max(1024, FFN_CHUNK_BYTES // (self.wi_0.out_features * x.element_size()))
+        chunks = x.size(0) // rows if x.dim() == 2 else 0
+        if chunks < 2:
+            return self.wo(self._gated_hidden(x, compiled))
+        size = -(-x.size(0) // chunks)  # equal chunks of rows..2*rows-1 tokens, never a short tail
+        out = x.new_empty(x.size(0), self.wo.out_features)
+        for start in range(0, x.size(0), size):
+            part = slice(start, start + size)
+            # wo has no bias: nn.Linear runs mm(hidden, wo.weight^T); here it writes into the output's rows
+            torch.mm(self._gated_hidden(x[part], compiled), self.wo.weight.t(), out=out[part])
+        return out
+
+    def _gated_hidden(self, x: torch.Tensor, compiled: bool) -> torch.Tensor:
+        if compiled:
+            return _region(_gated, True)(self.act, self.wi_0(x), self.wi_1(x))
+        # act(gate) replaces the gate before `up` exists and takes the product in place, so two (tokens, d_ff)
+        # tensors are alive at once instead of four (gate, up, act(gate), product)
+        return self.act(self.wi_0(x)).mul_(self.wi_1(x))
 
 
 class FastAnkhBlock(GradientCheckpointingLayer):
