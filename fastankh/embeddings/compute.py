@@ -11,6 +11,7 @@ input of block i + 1), and the last (num_layers, or -1) is the final normed outp
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -142,14 +143,24 @@ def embed_batch(
     return results
 
 
+_COMPUTE_COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (its state key, the copy)
+
+
 def weights_in(model: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """Copies in `dtype` of the model's floating weights and buffers when any is in another dtype (empty: none),
-    so a model can compute in bf16 without being changed."""
+    so a model can compute in bf16 without being changed. The copy is kept with the model (weakly) and reused
+    while no weight was replaced or changed in place, so repeated calls do not convert the weights again."""
     tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
     if all(t.dtype == dtype or not t.is_floating_point() for t in tensors.values()):
         return {}
+    key = (dtype, tuple((n, t.data_ptr(), t._version) for n, t in tensors.items()))
+    cached = _COMPUTE_COPIES.get(model)
+    if cached is not None and cached[0] == key:
+        return cached[1]
     with torch.no_grad():
-        return {n: t.to(dtype) if t.is_floating_point() else t for n, t in tensors.items()}
+        copy = {n: t.to(dtype) if t.is_floating_point() else t for n, t in tensors.items()}
+    _COMPUTE_COPIES[model] = (key, copy)
+    return copy
 
 
 class WindowEmbedder:

@@ -265,3 +265,22 @@ def test_method_is_a_real_method_of_the_class(model):
     assert "embed_dataset" in EmbeddingMixin.__dict__
     out = model.embed_dataset(sequences=["MKT", "MA"], batch_size=8, max_len=512, full_embeddings=True, progress=False)
     assert out["MKT"].shape == (3, 96)
+
+
+def test_the_compute_copy_is_reused_until_a_weight_changes(model):
+    from fastankh.embeddings.compute import weights_in
+
+    first = weights_in(model, torch.bfloat16)
+    assert first and all(t.dtype == torch.bfloat16 for t in first.values() if t.is_floating_point())
+    assert weights_in(model, torch.bfloat16) is first  # no second conversion
+    before = embed_dataset(model, ["MKTAYIAK"], precision="bf16", progress=False)["MKTAYIAK"]
+    weight = model.encoder.final_norm.weight
+    with torch.no_grad():
+        weight.mul_(2.0)  # an in-place change must not be served from the stale copy
+    try:
+        assert weights_in(model, torch.bfloat16) is not first
+        after = embed_dataset(model, ["MKTAYIAK"], precision="bf16", progress=False)["MKTAYIAK"]
+        assert not torch.allclose(before, after)
+    finally:
+        with torch.no_grad():
+            weight.div_(2.0)
