@@ -44,76 +44,28 @@ ARCHITECTURE_FIELDS = (
 # Shapes of the released ANKH encoders (see README "Models"). `hub_id` is the original
 # ElnaggarLab T5ForConditionalGeneration checkpoint that `from_pretrained` converts on the fly; `revision` the
 # commit of it that FastANKH loads (the official one), so a change on the Hub never changes weights or tokenizer.
-PRESETS: dict[str, dict[str, Any]] = {
-    "ankh_base": dict(
-        hub_id="ElnaggarLab/ankh-base",
-        revision="d99cb6b966530dfc2ae96bc69d9255c2a07308b0",
-        vocab_size=144,
-        d_model=768,
-        d_kv=64,
-        d_ff=3072,
-        num_layers=48,
-        num_heads=12,
-        dense_act_fn="gelu_new",
-    ),
-    "ankh_large": dict(
-        hub_id="ElnaggarLab/ankh-large",
-        revision="74b371dbfa3ee0a05d32ae74df0c2e0b82d6b9a6",
-        vocab_size=144,
-        d_model=1536,
-        d_kv=64,
-        d_ff=3840,
-        num_layers=48,
-        num_heads=16,
-        dense_act_fn="gelu_new",
-    ),
-    "ankh2_large": dict(
-        hub_id="ElnaggarLab/ankh2-ext2",
-        revision="aa9b9fa72288c47d9f618ce80c011e24b54e17a8",
-        vocab_size=144,
-        d_model=1536,
-        d_kv=64,
-        d_ff=3840,
-        num_layers=48,
-        num_heads=16,
-        dense_act_fn="silu",
-    ),
-    "ankh3_large": dict(
-        hub_id="ElnaggarLab/ankh3-large",
-        revision="2be091622e8a393f0ef21735070084123c874b6e",
-        vocab_size=256,
-        d_model=1536,
-        d_kv=64,
-        d_ff=3840,
-        num_layers=48,
-        num_heads=16,
-        dense_act_fn="silu",
-    ),
-    "ankh3_xl": dict(
-        hub_id="ElnaggarLab/ankh3-xl",
-        revision="e00113df5c95ef71df7ea3f5a73d56bd00e473a4",
-        vocab_size=256,
-        d_model=2560,
-        d_kv=64,
-        d_ff=6720,
-        num_layers=48,
-        num_heads=32,
-        dense_act_fn="silu",
-    ),
-    # Same family, small enough for tests and the offline CPU quickstart (random init).
-    # inner_dim = 4*32 = 128 != d_model = 96, like the large models.
-    "ankh_tiny": dict(
-        hub_id=None,
-        revision=None,
-        vocab_size=144,
-        d_model=96,
-        d_kv=32,
-        d_ff=192,
-        num_layers=4,
-        num_heads=4,
-        dense_act_fn="gelu_new",
-    ),
+_PRESET_FIELDS = ("hub_id", "vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads", "dense_act_fn")
+_REVISIONS = {
+    "ankh_base": "d99cb6b966530dfc2ae96bc69d9255c2a07308b0",
+    "ankh_large": "74b371dbfa3ee0a05d32ae74df0c2e0b82d6b9a6",
+    "ankh2_large": "aa9b9fa72288c47d9f618ce80c011e24b54e17a8",
+    "ankh3_large": "2be091622e8a393f0ef21735070084123c874b6e",
+    "ankh3_xl": "e00113df5c95ef71df7ea3f5a73d56bd00e473a4",
 }
+# fmt: off
+PRESETS: dict[str, dict[str, Any]] = {
+    name: {**dict(zip(_PRESET_FIELDS, row)), "revision": _REVISIONS.get(name)} for name, row in {
+        "ankh_base": ("ElnaggarLab/ankh-base", 144, 768, 64, 3072, 48, 12, "gelu_new"),
+        "ankh_large": ("ElnaggarLab/ankh-large", 144, 1536, 64, 3840, 48, 16, "gelu_new"),
+        "ankh2_large": ("ElnaggarLab/ankh2-ext2", 144, 1536, 64, 3840, 48, 16, "silu"),
+        "ankh3_large": ("ElnaggarLab/ankh3-large", 256, 1536, 64, 3840, 48, 16, "silu"),
+        "ankh3_xl": ("ElnaggarLab/ankh3-xl", 256, 2560, 64, 6720, 48, 32, "silu"),
+        # Same family, small enough for tests and the offline CPU quickstart (random init).
+        # inner_dim = 4*32 = 128 != d_model = 96, like the large models.
+        "ankh_tiny": (None, 144, 96, 32, 192, 4, 4, "gelu_new"),
+    }.items()
+}
+# fmt: on
 
 
 class FastAnkhConfig(PreTrainedConfig):
