@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers.modeling_outputs import BaseModelOutput, SequenceClassifierOutput, TokenClassifierOutput
+from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassifierOutput
 from transformers.utils import ModelOutput
 
 from .configuration_fastankh import FastAnkhConfig
@@ -49,6 +49,7 @@ class _FastAnkhTaskModel(FastAnkhPreTrainedModel):
     """Encoder `model` + task `head`; `head_level` ("residue" | "sequence" | "pair") is set by the subclass."""
 
     head_level: str
+    output_class: type[ModelOutput]
 
     def __init__(self, config: FastAnkhConfig):
         super().__init__(config)
@@ -121,14 +122,21 @@ class _FastAnkhTaskModel(FastAnkhPreTrainedModel):
         """The head on encoder output (B, T, D): (B, T, num_labels), (B, num_labels) or pair logits (B, T, T)."""
         return self.head(hidden, residue_mask)
 
-    def _logits(
+    def forward(
         self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        residue_mask: torch.Tensor | None,
-        output_hidden_states: bool | None,
-        output_attentions: bool | None,
-    ) -> tuple[torch.Tensor, BaseModelOutput, torch.Tensor]:
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        residue_mask: torch.Tensor | None = None,
+        label_mask: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> ModelOutput:
+        """input_ids / attention_mask: (B, T); residue_mask (B, T) bool defaults to `self.residue_mask`;
+        labels and label_mask: see the subclass's `loss`. Returns the subclass's `output_class` (loss, logits,
+        hidden_states, attentions), or its tuple with return_dict=False."""
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -137,13 +145,21 @@ class _FastAnkhTaskModel(FastAnkhPreTrainedModel):
         )
         if residue_mask is None:
             residue_mask = self.residue_mask(input_ids, attention_mask)
-        return self.head_logits(out.last_hidden_state, residue_mask), out, residue_mask
+        logits = self.head_logits(out.last_hidden_state, residue_mask)
+        loss = None if labels is None else self.loss(logits, labels, label_mask, residue_mask)
+        output = self.output_class(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+        return output if return_dict is not False else output.to_tuple()
 
 
 class FastAnkhForTokenClassification(_FastAnkhTaskModel):
-    """One prediction per residue: logits (B, T, num_labels), meaningful at residue tokens only."""
+    """One prediction per residue: logits (B, T, num_labels), meaningful at residue tokens only.
+
+    labels: (B, T) class ids, or float values for regression. Unlabelled residues: label_mask (B, T) bool False
+    there (what the fine-tuning data module passes), or, without label_mask, the label -100 (class ids) / NaN
+    (values). See `loss`."""
 
     head_level = "residue"
+    output_class = TokenClassifierOutput
 
     def loss(
         self,
@@ -164,37 +180,12 @@ class FastAnkhForTokenClassification(_FastAnkhTaskModel):
             label_mask = label_mask & residue_mask
         return counted_loss(logits, labels, label_mask, problem)
 
-    def forward(
-        self,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        residue_mask: torch.Tensor | None = None,
-        label_mask: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> TokenClassifierOutput:
-        """input_ids / attention_mask: (B, T); residue_mask (B, T) bool defaults to `self.residue_mask`.
-
-        labels: (B, T) class ids, or float values for regression. Unlabelled residues: label_mask (B, T)
-        bool False there (what the fine-tuning data module passes), or, without label_mask, the label -100
-        (class ids) / NaN (values). See `loss`.
-        """
-        logits, out, residue_mask = self._logits(
-            input_ids, attention_mask, residue_mask, output_hidden_states, output_attentions
-        )
-        loss = None if labels is None else self.loss(logits, labels, label_mask, residue_mask)
-        hidden, attentions = out.hidden_states, out.attentions
-        output = TokenClassifierOutput(loss=loss, logits=logits, hidden_states=hidden, attentions=attentions)
-        return output if return_dict is not False else output.to_tuple()
-
 
 class FastAnkhForSequenceClassification(_FastAnkhTaskModel):
     """One prediction per sequence, pooled over residues: logits (B, num_labels)."""
 
     head_level = "sequence"
+    output_class = SequenceClassifierOutput
 
     def loss(
         self,
@@ -208,24 +199,6 @@ class FastAnkhForSequenceClassification(_FastAnkhTaskModel):
         so a training loop calls either alike) are unused."""
         counted = torch.ones(labels.shape[0], dtype=torch.bool, device=labels.device)
         return counted_loss(logits, labels, counted, self._problem_type(labels))
-
-    def forward(
-        self,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        residue_mask: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> SequenceClassifierOutput:
-        """labels: (B,) class ids, (B,) floats (regression) or (B, num_labels) 0/1 (multi-label); see `loss`."""
-        logits, out, _ = self._logits(input_ids, attention_mask, residue_mask, output_hidden_states, output_attentions)
-        loss = None if labels is None else self.loss(logits, labels)
-        hidden, attentions = out.hidden_states, out.attentions
-        output = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=hidden, attentions=attentions)
-        return output if return_dict is not False else output.to_tuple()
 
 
 def counted_pairs(
@@ -260,6 +233,7 @@ class FastAnkhForContactPrediction(_FastAnkhTaskModel):
     (`head.chunk_size` rows at a time: a memory knob, the values do not depend on it)."""
 
     head_level = "pair"
+    output_class = ContactPredictionOutput
 
     def loss(
         self,
@@ -273,27 +247,6 @@ class FastAnkhForContactPrediction(_FastAnkhTaskModel):
         without coordinates); pairs closer than MIN_CONTACT_SEPARATION in sequence never count."""
         counted = counted_pairs(labels, label_mask, residue_mask)
         return counted_loss(logits, labels, counted, "multi_label_classification")
-
-    def forward(
-        self,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        residue_mask: torch.Tensor | None = None,
-        label_mask: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> ContactPredictionOutput:
-        """input_ids / attention_mask: (B, T); labels: (B, T, T) 0/1 contacts (see `loss`)."""
-        logits, out, residue_mask = self._logits(
-            input_ids, attention_mask, residue_mask, output_hidden_states, output_attentions
-        )
-        loss = None if labels is None else self.loss(logits, labels, label_mask, residue_mask)
-        hidden, attentions = out.hidden_states, out.attentions
-        output = ContactPredictionOutput(loss=loss, logits=logits, hidden_states=hidden, attentions=attentions)
-        return output if return_dict is not False else output.to_tuple()
 
 
 __all__ = [
