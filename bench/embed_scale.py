@@ -11,6 +11,7 @@ runs in a fresh process, so peak RSS is that run's alone; bytes written are the 
     python bench/embed_scale.py                                   # pooled 10^4, 10^5, 10^6; per residue 10^5
     python bench/embed_scale.py --pooled 10000 100000 --residue 10000 --tf-max 100000 --plot bench/embed-scale.png
     python bench/embed_scale.py --kill-test 100000                # kill -9 half-way, rerun, compare
+    python bench/embed_scale.py --pooled --residue --predict 10000 100000   # predict.py, per-residue export
 """
 
 from __future__ import annotations
@@ -110,11 +111,31 @@ def run_transformers(args, fasta: Path, output: Path) -> None:
             flush()
 
 
+def make_export(path: Path, layers: int) -> None:
+    """A per-residue (SS3-like) export of ankh_base width with random weights, as export.py writes it."""
+    from fastankh import FastAnkhConfig, FastAnkhForTokenClassification, load_tokenizer
+
+    config = FastAnkhConfig.from_preset("ankh_base", num_layers=layers, id2label={0: "H", 1: "E", 2: "C"})
+    config.problem_type = "single_label_classification"
+    torch.manual_seed(0)
+    FastAnkhForTokenClassification(config).save_pretrained(path)
+    load_tokenizer("ankh_base").save_pretrained(path)
+
+
+def run_predict(args, fasta: Path, output: Path) -> None:
+    from tasks.infer.predict_job import predict_file
+
+    predict_file(args.ckpt, fasta, output, batch_size=args.batch_size, precision=args.precision, progress=False)
+
+
+RUNS = {"fastankh": run_fastankh, "transformers": run_transformers, "predict": run_predict}
+
+
 def child(args) -> None:
     """One measured run (in its own process); prints one JSON line."""
     fasta, output = Path(args.fasta), Path(args.output)
     start, written = time.perf_counter(), written_bytes()
-    (run_fastankh if args.impl == "fastankh" else run_transformers)(args, fasta, output)
+    RUNS[args.impl](args, fasta, output)
     seconds = time.perf_counter() - start
     result = {
         "impl": args.impl, "n": args.n, "output": "per_residue" if args.full else "pooled",
@@ -127,10 +148,18 @@ def child(args) -> None:
 
 def measure(args, impl: str, n: int, full: bool, work: Path) -> dict:
     fasta = write_fasta(work / f"random-{n}.fasta", n)
-    output = work / (f"{impl}-{n}-{'res' if full else 'pool'}" + (".safetensors" if impl == "fastankh" else ".h5"))
+    suffix = {"fastankh": ".safetensors", "transformers": ".h5", "predict": ".csv"}[impl]
+    output = work / (f"{impl}-{n}-{'res' if full else 'pool'}" + suffix)
     shutil.rmtree(output, ignore_errors=True) if output.is_dir() else output.unlink(missing_ok=True)
     cmd = [sys.executable, __file__, "--child", impl, "--fasta", str(fasta), "--output", str(output), "--n", str(n)]
-    cmd += ["--ckpt", args.ckpt, "--batch-size", str(args.batch_size), "--precision", args.precision]
+    cmd += [
+        "--ckpt",
+        args.export if impl == "predict" else args.ckpt,
+        "--batch-size",
+        str(args.batch_size),
+        "--precision",
+        args.precision,
+    ]
     cmd += ["--window", str(args.window)] + (["--full"] if full else [])
     line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
     result = json.loads(line)
@@ -220,10 +249,11 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     parser.add_argument("--plot", default=None)
     parser.add_argument("--keep", action="store_true", help="keep the outputs")
+    parser.add_argument("--predict", type=int, nargs="*", default=[], help="predict.py sizes (per-residue export)")
     parser.add_argument("--kill-test", type=int, default=None, metavar="N")
     parser.add_argument("--kill-after", type=int, default=3, help="shards written before the kill")
     # one measured run (internal)
-    parser.add_argument("--child", choices=["fastankh", "transformers"], default=None)
+    parser.add_argument("--child", choices=list(RUNS), default=None)
     parser.add_argument("--fasta"), parser.add_argument("--output"), parser.add_argument("--n", type=int)
     parser.add_argument("--ckpt", default=None)
     parser.add_argument("--full", action="store_true")
@@ -237,6 +267,9 @@ def main() -> None:
     args.ckpt = str(work / f"ankh_base-{args.layers}-layer")
     if not Path(args.ckpt).exists():
         make_checkpoint(args.ckpt, args.layers, "ankh_base")
+    args.export = str(work / f"ss3-export-{args.layers}-layer")
+    if args.predict and not Path(args.export).exists():
+        make_export(Path(args.export), args.layers)
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     amx = "amx_bf16" in open("/proc/cpuinfo").read()
     print(f"CPU: {cpu} ({'AMX' if amx else 'no AMX'}), {torch.get_num_threads()} threads; precision={args.precision}")
@@ -249,8 +282,10 @@ def main() -> None:
                 if impl == "transformers" and n > args.tf_max:
                     continue
                 rows.append(measure(args, impl, n, full, work))
+    for n in args.predict:
+        rows.append(measure(args, "predict", n, True, work))
     measured = [r for r in rows if "impl" in r]
-    for impl in ("fastankh", "transformers"):
+    for impl in RUNS:
         for output in ("pooled", "per_residue"):
             pts = sorted((r for r in measured if (r["impl"], r["output"]) == (impl, output)), key=lambda r: r["n"])
             if len(pts) > 1:
