@@ -238,3 +238,39 @@ class StopAfterEpochs(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.current_epoch + 1 >= self.epochs:
             trainer.should_stop = True
+
+
+class RecordLosses(L.Callback):
+    """Writes each rank's logged train/loss per training batch to <run>/losses/rank<r>.json, with the world size,
+    the node count and what `describe` adds (add it with `+callbacks.record._target_=tests.helpers.RecordLosses`
+    or a subclass). train/loss is the rank's own (not reduced over processes)."""
+
+    def describe(self, trainer: L.Trainer) -> dict:
+        return {}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.record = {"world_size": trainer.world_size, "num_nodes": trainer.num_nodes, **self.describe(trainer)}
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self.losses.append(float(trainer.callback_metrics["train/loss"]))
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        out = Path(trainer.default_root_dir) / "losses"
+        out.mkdir(exist_ok=True)
+        (out / f"rank{trainer.global_rank}.json").write_text(json.dumps({**self.record, "losses": self.losses}))
+
+
+def rank_records(run_dir: Path) -> dict[int, dict]:
+    """RecordLosses' records of a run: global rank -> record."""
+    return {int(p.stem[4:]): json.loads(p.read_text()) for p in sorted((run_dir / "losses").glob("rank*.json"))}
+
+
+def step_losses(run_dir: Path, steps: int, accumulate: int = 1) -> list[float]:
+    """The loss of each optimizer step of a RecordLosses run: the mean over its ranks and accumulated batches."""
+    ranks = rank_records(run_dir)
+    return [
+        sum(r["losses"][accumulate * step + i] for r in ranks.values() for i in range(accumulate))
+        / (len(ranks) * accumulate)
+        for step in range(steps)
+    ]

@@ -19,6 +19,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from tasks.hub.run import load_run
+from tests import helpers
+from tests.helpers import rank_records, step_losses
 from train import main as train_main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,17 +43,17 @@ COMMON = [
 ]
 
 
-class RecordLosses(L.Callback):
-    """Writes each rank's logged train/loss per batch, and how the model was wrapped, to <run>/losses/."""
+class RecordLosses(helpers.RecordLosses):
+    """tests.helpers.RecordLosses, plus how the model was wrapped."""
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def describe(self, trainer: L.Trainer) -> dict:
         from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
         from torch.distributed.fsdp import FullyShardedDataParallel
 
         from fastankh.modeling_fastankh import FastAnkhBlock
 
         modules = list(trainer.strategy.model.modules())
-        self.wrapping = {
+        return {
             "fsdp_units": sum(isinstance(m, FullyShardedDataParallel) for m in modules),
             "checkpointed_blocks": sum(
                 isinstance(m, CheckpointWrapper) and isinstance(m._checkpoint_wrapped_module, FastAnkhBlock)
@@ -61,17 +63,7 @@ class RecordLosses(L.Callback):
                 isinstance(m, FullyShardedDataParallel) and isinstance(m.module, (FastAnkhBlock, CheckpointWrapper))
                 for m in modules
             ),
-            "world_size": trainer.world_size,
         }
-        self.losses: list[float] = []
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        self.losses.append(float(trainer.callback_metrics["train/loss"]))
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        out = Path(trainer.default_root_dir) / "losses"
-        out.mkdir(exist_ok=True)
-        (out / f"rank{trainer.global_rank}.json").write_text(json.dumps({**self.wrapping, "losses": self.losses}))
 
 
 def train_here(out: Path, *overrides: str) -> Path:
@@ -87,10 +79,6 @@ def train(out: Path, *overrides: str) -> Path:
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return out
-
-
-def rank_records(out: Path) -> dict[int, dict]:
-    return {int(p.stem[4:]): json.loads(p.read_text()) for p in sorted((out / "losses").glob("rank*.json"))}
 
 
 @pytest.fixture(scope="module")
@@ -123,10 +111,8 @@ def test_fsdp_shards_every_block_with_activation_checkpointing(fsdp_and_single):
 
 
 def test_fsdp_loss_equals_one_process_on_the_same_batches(fsdp_and_single):
-    ranks = rank_records(fsdp_and_single["fsdp"])
-    fsdp = [sum(ranks[r]["losses"][step] for r in ranks) / len(ranks) for step in range(STEPS)]
-    micro = rank_records(fsdp_and_single["single"])[0]["losses"]
-    single = [(micro[2 * step] + micro[2 * step + 1]) / 2 for step in range(STEPS)]
+    fsdp = step_losses(fsdp_and_single["fsdp"], STEPS)
+    single = step_losses(fsdp_and_single["single"], STEPS, accumulate=2)
     diffs = [abs(a - b) for a, b in zip(fsdp, single)]
     print(f"FSDP vs one process, per-step train/loss: {fsdp} vs {single}; max |diff| {max(diffs):.3g}")
     assert max(diffs) <= 1e-4, (fsdp, single)
