@@ -16,4 +16,8 @@ class RecordError(UserError):
     """Bad input records or files; one line per problem, naming the file and the row or line."""
 
 
-__all__ = ["RecordError", "UserError"]
+class InputNotFoundError(RecordError, FileNotFoundError):
+    """An input file that does not exist: a user error, and still the FileNotFoundError Python code expects."""
+
+
+__all__ = ["InputNotFoundError", "RecordError", "UserError"]

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import RecordError
+from ..errors import InputNotFoundError, RecordError, UserError
 from ..records import RECORD_SUFFIXES, Record, clean_sequence, file_suffix, iter_records
 from .seen import MISSING, SeenRecords, digests
 
@@ -42,8 +42,8 @@ def raw_records(source: Source, id_column: str = "id", sequence_column: str = "s
         path = os.fspath(source)
         if not os.path.isfile(path):
             if file_suffix(path) in RECORD_SUFFIXES:
-                raise FileNotFoundError(f"{path}: file not found")
-            raise ValueError(
+                raise InputNotFoundError(f"{path}: file not found")
+            raise UserError(
                 "sequences must be a list of sequences, a dict id -> sequence, an iterable of (id, sequence) "
                 f"pairs or a file path (FASTA or table); {path[:50]!r} is not an existing file"
             )

@@ -92,7 +92,7 @@ def build_predict_trainer(
     progress bar on rank 0 when `progress`. Several devices or nodes run strategy ddp (`auto`)."""
     try:
         with quiet_lightning():
-            return L.Trainer(
+            trainer = L.Trainer(
                 accelerator=accelerator,
                 devices=devices,
                 num_nodes=num_nodes,
@@ -107,6 +107,13 @@ def build_predict_trainer(
     except (MisconfigurationException, ValueError, RuntimeError) as err:  # e.g. devices=2 on a 1-GPU machine
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DataError(f"accelerator={accelerator} devices={devices} num_nodes={num_nodes}: {first}") from None
+    launched = os.environ.get("WORLD_SIZE")  # set by torchrun / SLURM launchers for every process they start
+    if launched is not None and int(launched) != trainer.world_size:
+        raise DataError(
+            f"accelerator={accelerator} devices={devices} num_nodes={num_nodes}: {trainer.world_size} process(es), "
+            f"but the launcher started {launched}; set devices and num_nodes to its processes per node and nodes"
+        )
+    return trainer
 
 
 def compute_dtype(precision: str, trainer: L.Trainer) -> torch.dtype:

@@ -153,3 +153,13 @@ def test_two_nodes_train_like_one_process_on_the_same_global_batch(train_runs):
     assert max(diffs) <= 1e-4, (two, one)
     assert one[0] != one[-1]  # the model trained: later losses differ
     assert json.loads((train_runs["two"] / "test_metrics.json").read_text())["test"]["q3"] >= 0  # rank 0 wrote it
+
+
+def test_a_launch_that_disagrees_with_devices_and_num_nodes_is_one_line(monkeypatch):
+    """torchrun started 2 processes but the command says 1: refused before any work, naming both."""
+    from tasks.errors import DataError
+    from tasks.infer.harness import build_predict_trainer
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(DataError, match=r"devices=1 num_nodes=1: 1 process\(es\), but the launcher started 2"):
+        build_predict_trainer("cpu", 1, 1, "auto", progress=False)
