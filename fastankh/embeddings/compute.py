@@ -95,15 +95,17 @@ def tokenize_residues(tokenizer: PreTrainedTokenizerBase, sequences: list[str], 
     return encoded
 
 
-def _pool(x: torch.Tensor, how: str) -> torch.Tensor:
-    """(n_residues, width) -> (width,)."""
-    if how == "mean":
-        return x.mean(0)
+def _pool(x: torch.Tensor, residues: torch.Tensor, count: torch.Tensor, how: str) -> torch.Tensor:
+    """(B, T, W) fp32 hidden states pooled over each row's residue positions (`residues`, (B, T, 1) bool;
+    `count`, (B, 1) residues per row) -> (B, W). One operation per batch, not per row."""
     if how == "max":
-        return x.amax(0)
+        return x.masked_fill(~residues, float("-inf")).amax(1)
     if how == "min":
-        return x.amin(0)
-    return x.std(0, correction=0)
+        return x.masked_fill(~residues, float("inf")).amin(1)
+    mean = x.masked_fill(~residues, 0.0).sum(1) / count
+    if how == "mean":
+        return mean
+    return ((x - mean[:, None]).masked_fill(~residues, 0.0).square().sum(1) / count).sqrt()
 
 
 def embed_batch(
@@ -131,16 +133,20 @@ def embed_batch(
             inputs["output_hidden_states"] = True
         output = torch.func.functional_call(model, weights, (), inputs) if weights else model(**inputs)
     chosen = [output.hidden_states[x] for x in spec.layers] if hidden_states else [output.last_hidden_state]
-    results = []
-    for row, ids in enumerate(token_ids):
-        # (n_residues, width): no prefix, no </s>. Outside inference mode (when the caller is), so the results
-        # are ordinary tensors a user can train on.
-        vectors = torch.cat([h[row, prefix : len(ids) - 1] for h in chosen], -1).float()
-        if not spec.per_residue:
-            vectors = torch.cat([_pool(vectors, how) for how in spec.poolings])
-        # copy: a view would keep the whole batch alive and share storage between keys.
-        results.append(vectors.to(device="cpu", dtype=spec.dtype, copy=True))
-    return results
+    # Outside inference mode (when the caller is), so the results are ordinary tensors a user can train on.
+    hidden = chosen[0] if len(chosen) == 1 else torch.cat(chosen, -1)  # (B, width, W)
+    counts = [len(ids) - prefix - 1 for ids in token_ids]  # residues: no prefix, no </s>
+    if spec.per_residue:
+        stored = hidden.to(device="cpu", dtype=spec.dtype)
+        # clone: a view would keep the whole batch alive and share storage between keys.
+        return [stored[row, prefix : prefix + n].clone() for row, n in enumerate(counts)]
+    positions = torch.arange(width, device=hidden.device)
+    count = torch.tensor(counts, device=hidden.device)[:, None]
+    residues = ((positions >= prefix) & (positions < prefix + count))[..., None]  # (B, width, 1)
+    x = hidden.float()
+    pooled = torch.cat([_pool(x, residues, count, how) for how in spec.poolings], -1)
+    stored = pooled.to(device="cpu", dtype=spec.dtype)
+    return [row.clone() for row in stored]
 
 
 _COMPUTE_COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (its state key, the copy)
