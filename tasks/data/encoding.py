@@ -69,6 +69,19 @@ class _Problems:
             raise DataError("\n".join(self.lines + more))
 
 
+def _number(value: Any, say, not_a_number: str, nan: str) -> float | None:
+    """float(value), or None after reporting `not_a_number` (no float) or `nan` (NaN)."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        say(not_a_number)
+        return None
+    if math.isnan(x):
+        say(nan)
+        return None
+    return x
+
+
 def _required_columns(task: TaskSpec) -> dict[str, str]:
     d = task.data
     columns = {d.sequence_column: "sequence_column"}
@@ -93,13 +106,9 @@ def _residue_labels(task: TaskSpec, cell: Any, counts: list[bool], say) -> list 
             if not counted:
                 out.append(0.0)
                 continue
-            try:
-                x = float(v)
-            except (TypeError, ValueError):
-                say(f"non-numeric value {v!r} at residue {i + 1} of column '{column}'")
-                return None
-            if math.isnan(x):
-                say(f"NaN at residue {i + 1} of column '{column}'")
+            where = f"at residue {i + 1} of column '{column}'"
+            x = _number(v, say, f"non-numeric value {v!r} {where}", f"NaN {where}")
+            if x is None:
                 return None
             out.append(x)
         return out
@@ -140,15 +149,12 @@ def _sequence_label(task: TaskSpec, cell: Any, say) -> Any:
     """One row's encoded sequence-level label, or None after reporting a problem."""
     column = task.data.label_column
     if task.kind == "sequence_regression":
-        try:
-            x = float(cell)
-        except (TypeError, ValueError):
-            say(f"label {cell!r} in column '{column}' is not a number")
-            return None
-        if math.isnan(x):
-            say(f"missing label (NaN) in column '{column}'")
-            return None
-        return x
+        return _number(
+            cell,
+            say,
+            f"label {cell!r} in column '{column}' is not a number",
+            f"missing label (NaN) in column '{column}'",
+        )
     index = {label: i for i, label in enumerate(task.labels)}
     if task.kind == "sequence_multilabel":
         names = [p.strip() for p in str(cell).split(task.data.label_separator or ",") if p.strip()]

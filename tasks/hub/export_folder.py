@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 from transformers import PreTrainedTokenizerBase
-from transformers.dynamic_module_utils import custom_object_save
 
+from fastankh.modeling_fastankh import copy_remote_code
 from fastankh.tokenization import prefix_length
 from tasks.errors import UserError
 from tasks.hub.model_card import model_card
@@ -114,7 +114,12 @@ def export_checkpoint(
             config = task_model.config
             config.base_model_name_or_path = base_model
             config.architectures = [type(task_model).__name__]
-            custom_object_save(task_model, tmp, config=config)  # modeling code + auto_map entry
+            # The model class's AutoModelFor* entry, as a full export's save_pretrained adds it, and the same
+            # remote-code files (REMOTE_CODE_FILES) a full export carries.
+            cls = type(task_model)
+            auto_class = f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}"
+            config.auto_map = {**(config.auto_map or {}), cls._auto_class: auto_class}
+            copy_remote_code(tmp)
             config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         card = model_card(run, config, base_model, adapter=not merge_lora, repo=repo_id or str(output_dir))

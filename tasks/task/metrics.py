@@ -17,6 +17,7 @@ Stable names, by task kind (logged as val/<name> and test/<split>/<name>):
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -127,10 +128,17 @@ def _classification(name: str, num_classes: int) -> Metric:
     return tmc.BinaryAUROC() if binary else tmc.MulticlassAUROC(num_classes, average="macro")
 
 
+def _spearman() -> Metric:
+    with warnings.catch_warnings():
+        # torchmetrics warns on every construction that the metric keeps all predictions: a rank correlation must
+        warnings.filterwarnings("ignore", "Metric `SpearmanCorrcoef` will save all targets", UserWarning)
+        return tmr.SpearmanCorrCoef()
+
+
 def _metric(kind: str, name: str, num_classes: int | None) -> Metric:
     if kind.endswith("regression"):
         return {
-            "spearman": tmr.SpearmanCorrCoef,
+            "spearman": _spearman,
             "pearson": tmr.PearsonCorrCoef,
             "r2": tmr.R2Score,
             "rmse": lambda: tmr.MeanSquaredError(squared=False),

@@ -21,7 +21,6 @@ LIGHTNING_NOISE = (
 )
 WARNING_NOISE = (  # (category, start of the message): known third-party warnings a user cannot act on
     (FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),  # lightning's _pytree on torch >= 2.10
-    (UserWarning, r"Metric `SpearmanCorrcoef` will save all targets and predictions"),  # torchmetrics, every run
 )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -76,7 +77,11 @@ def apply_lora(
     config = LoraConfig(
         r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=regex, bias="none", modules_to_save=[head]
     )
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():
+        # peft's PeftModel reads transformers' deprecated `is_gradient_checkpointing` (a FutureWarning in
+        # transformers 5); nothing here can use the current `is_activation_checkpointing` in its place.
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 def apply_finetune(model: nn.Module, head: str, cfg: Mapping[str, Any]) -> tuple[nn.Module, ParamCounts]:

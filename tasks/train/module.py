@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import nn
 from torchmetrics import MeanMetric
 from transformers import PreTrainedModel, get_scheduler
@@ -42,7 +44,7 @@ class FineTuneModule(L.LightningModule):
     task: TaskSpec fields (the Hydra `task` node); head / finetune / optim: the Hydra groups of those
     names; backbone: the pretrained FastAnkhModel (FastAnkhForMaskedLM for kind masked_lm), or None to
     rebuild the task model from `model_config` when reloading a checkpoint; non_residue_token_ids: the
-    tokenizer's specials (tasks.task.kinds.non_residue_token_ids), so the exported model finds residues from
+    tokenizer's specials (tasks.train.task_model.non_residue_token_ids), so the exported model finds residues from
     ids alone; label_mean: regression heads start there.
     """
 
@@ -78,6 +80,9 @@ class FineTuneModule(L.LightningModule):
             self.strict_loading = False  # the base keys come from the base (on_load_checkpoint checks the rest)
 
         self.frozen = finetune["mode"] == "frozen"
+        # A from_pretrained backbone comes in eval mode and Lightning trains modules in the mode it finds them:
+        # start in train mode (dropout on), the frozen encoder excepted (see `train`).
+        self.train()
         if finetune.get("cache_embeddings") and (not self.frozen or self.kind.default_head is None):
             raise UserError(
                 "finetune.cache_embeddings needs finetune=frozen and a supervised task (inputs must not change)"
@@ -319,6 +324,13 @@ class FineTuneModule(L.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def on_fit_start(self) -> None:
+        if self.frozen:
+            # Lightning warns of modules in eval mode when training starts; a frozen encoder is one on purpose.
+            # Only its own module count is silenced: any other module left in eval mode is still reported.
+            count = sum(1 for _ in self.encoder.modules())
+            warnings.filterwarnings(
+                "ignore", rf"Found {count} module\(s\) in eval mode at the start of training", PossibleUserWarning
+            )
         for logger in self.loggers:
             logger.log_hyperparams(
                 {"params/trainable": self.param_counts.trainable, "params/total": self.param_counts.total}

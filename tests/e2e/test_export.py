@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import PreTrainedModel
 
+import fastankh
 from fastankh import (
     FastAnkhConfig,
     FastAnkhForSequenceClassification,
@@ -28,6 +29,7 @@ from fastankh import (
     load_tokenizer,
     prefix_length,
 )
+from fastankh.configuration_fastankh import REMOTE_CODE_FILES
 from tasks.errors import UserError
 from tasks.hub.export_folder import export_checkpoint
 from tasks.infer.prediction import load_task_model
@@ -145,6 +147,18 @@ def test_adapter_only_export_layout(runs, exports):
     # Trained adapters (lora_B starts at zero) and the head travel in the adapter file.
     assert any("lora_B" in k and v.abs().max() > 0 for k, v in weights.items())
     assert any(".head." in k for k in weights)
+
+
+def test_every_export_carries_exactly_the_remote_code_files(exports):
+    """Merged and adapter-only exports carry the same remote code: the files of REMOTE_CODE_FILES as fastankh
+    has them, and no other Python file; config.json's auto_map names classes in those files."""
+    source = Path(fastankh.__file__).parent
+    for key, folder in exports.items():
+        assert sorted(p.name for p in folder.glob("*.py")) == sorted(REMOTE_CODE_FILES), key
+        for name in REMOTE_CODE_FILES:
+            assert (folder / name).read_bytes() == (source / name).read_bytes(), (key, name)
+        auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
+        assert {entry.split(".")[0] + ".py" for entry in auto_map.values()} <= set(REMOTE_CODE_FILES), key
 
 
 def test_exports_equal_lightning_in_a_python_without_fastankh(runs, exports, tmp_path):

@@ -3,6 +3,8 @@ AutoModel (the fine-tuned encoder), AutoModelFor*Classification, AutoTokenizer (
 transformers pipelines (token-classification: one entity per residue; text-classification: one label per
 sequence, softmax / raw value by problem_type). Runs are trained by train.py and exported by export.py (their
 Hydra CLIs, in this process); each folder is checked by ONE subprocess that runs every loader.
+An adapter-only export (merge_lora=false) of a LoRA run carries the same remote-code files and, loaded as its
+card says (peft onto the base), gives the merged export's logits.
 Also: the model card's Hub front matter (license, base_model, pipeline_tag, datasets, model-index).
 """
 
@@ -18,11 +20,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
-from fastankh import load_tokenizer
+from fastankh import FastAnkhConfig, FastAnkhModel, load_tokenizer
+from fastankh.configuration_fastankh import REMOTE_CODE_FILES
 from tasks.hub.model_card import card_metadata
-from tests.helpers import BLOCK_FASTANKH, TINY, best_checkpoint, run_cli, short_rows
+from tests.helpers import BLOCK_FASTANKH, TINY_RUN, best_checkpoint, run_cli, short_rows
 
 SEQUENCES = ["MKTAYIAKQRQISFVKSHFSRQ", "GSHMLEDPVNX", "ACDEFGHIKLMNPQRSTVWY"]
 PROMPT = "Do you wish to run the custom code"
@@ -30,8 +34,11 @@ PROMPT = "Do you wish to run the custom code"
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory) -> dict[str, Path]:
-    """Exported folders of three tiny runs: residue classification, sequence classification, sequence regression."""
+    """Exported folders of four tiny runs: residue classification, sequence classification, sequence regression,
+    and LoRA sequence classification on a saved base encoder (exported merged and adapter-only)."""
     root = tmp_path_factory.mktemp("hub")
+    torch.manual_seed(0)
+    FastAnkhModel(FastAnkhConfig.from_preset("ankh_tiny", num_layers=1)).save_pretrained(root / "base")
     short_rows("secondary_structure.csv", 12).to_csv(root / "ss.csv", index=False)
     sol = short_rows("solubility.csv", 12)
     sol.to_csv(root / "sol.csv", index=False)
@@ -49,12 +56,22 @@ def folders(tmp_path_factory) -> dict[str, Path]:
             "task.data.sequence_column=sequence",
             "task.data.label_column=brightness",
         ],
+        "lora": [
+            "task=solubility_local",
+            f"task.data.train={root / 'sol.csv'}",
+            "finetune=lora",
+            f"model.path={root / 'base'}",
+        ],
     }
     out = {}
     for name, overrides in runs.items():
-        run_cli("train", TINY + overrides + [f"paths.output_dir={root / name}"], config_name="config")
+        run_cli("train", TINY_RUN + overrides + [f"paths.output_dir={root / name}"], config_name="config")
         out[name] = root / f"{name}_export"
         run_cli("export", [f"checkpoint={best_checkpoint(root / name)}", f"output_dir={out[name]}"])
+    out["adapter"] = root / "adapter_export"
+    run_cli(
+        "export", [f"checkpoint={best_checkpoint(root / 'lora')}", f"output_dir={out['adapter']}", "merge_lora=false"]
+    )
     return out
 
 
@@ -172,6 +189,51 @@ def test_regression_export_pipeline_gives_the_raw_value(folders, tmp_path):
     assert config["problem_type"] == "regression" and config["id2label"] == {"0": "brightness"}
     for logits, result in zip(out["logits"], out["pipeline"]):
         assert result == {"label": "brightness", "score": pytest.approx(logits[0], abs=1e-5)}  # no activation
+
+
+ADAPTER_LOADER = textwrap.dedent("""
+    import json, sys
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    adapter, merged, sequences = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    card = open(adapter + "/README.md").read().split("## How to use")[1].split("```python\\n")[1].split("```")[0]
+    namespace = {}
+    exec(card, namespace)  # the card's "How to use" code, as a user runs it
+    model, tokenizer = namespace["model"], namespace["tokenizer"]
+    reference = AutoModelForSequenceClassification.from_pretrained(merged, trust_remote_code=True).eval()
+    batch = tokenizer(sequences, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        diff = (model(**batch).logits - reference(**batch).logits).abs().max().item()
+    remote = model.get_base_model()
+    print("RESULT " + json.dumps({"module": type(remote).__module__, "class": type(remote).__name__, "diff": diff}))
+""")
+
+
+def test_adapter_export_carries_the_remote_code_and_loads_onto_its_base(folders, tmp_path):
+    """The adapter-only folder holds exactly REMOTE_CODE_FILES (as the merged one does); its card's peft code, in
+    a Python without fastankh/tasks, gives the logits of the merged export of the same checkpoint."""
+    adapter, merged = folders["adapter"], folders["lora"]
+    assert sorted(p.name for p in adapter.glob("*.py")) == sorted(REMOTE_CODE_FILES)
+    assert sorted(p.name for p in merged.glob("*.py")) == sorted(REMOTE_CODE_FILES)
+    assert (adapter / "adapter_model.safetensors").is_file() and not (adapter / "model.safetensors").exists()
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", BLOCK_FASTANKH + ADAPTER_LOADER, str(adapter), str(merged), json.dumps(SEQUENCES)],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    console = result.stdout + result.stderr
+    assert result.returncode == 0, console[-3000:]
+    assert PROMPT not in console
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    out = json.loads(line.removeprefix("RESULT "))
+    assert out["module"].startswith("transformers_modules") and out["class"] == "FastAnkhForSequenceClassification"
+    assert out["diff"] <= 1e-5
 
 
 def front_matter(folder: Path) -> dict:

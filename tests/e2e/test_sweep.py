@@ -6,12 +6,12 @@ import json
 import subprocess
 import sys
 
-from tests.helpers import ROOT, TINY
+from tests.helpers import REPO, TINY_TRAIN
 
 
 def sweep(tmp_path, *overrides: str) -> list[dict]:
-    cmd = [sys.executable, "train.py", "-m", "task=ss3_local", *TINY, *overrides, f"hydra.sweep.dir={tmp_path}"]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    cmd = [sys.executable, "train.py", "-m", "task=ss3_local", *TINY_TRAIN, *overrides, f"hydra.sweep.dir={tmp_path}"]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     runs = sorted(p for p in tmp_path.iterdir() if p.is_dir() and p.name.isdigit())
     return [json.loads((run / "test_metrics.json").read_text()) | {"dir": str(run)} for run in runs]

@@ -24,30 +24,14 @@ from fastankh import FastAnkhModel, load_tokenizer
 from tasks.data.datamodule import TaskDataModule
 from tasks.task.spec import TaskSpec
 from tasks.train.module import FineTuneModule
-from tests.helpers import metrics_of, run_data, short_rows, single_process, write_sequences
-
-ROOT = Path(__file__).resolve().parents[2]
-# one encoder block of width 32, a few batches: seconds per run
-TINY = [
-    "model.config.num_layers=1",
-    "model.config.d_model=32",
-    "model.config.d_kv=8",
-    "model.config.d_ff=64",
-    "trainer.max_epochs=1",
-    "trainer.limit_train_batches=3",
-    "trainer.limit_val_batches=2",
-    "trainer.limit_test_batches=2",
-    "trainer.log_every_n_steps=1",
-    "~callbacks.progress_bar",
-    "data.batch_size=4",
-]
+from tests.helpers import REPO, TINY_TRAIN, metrics_of, run_data, short_rows, single_process, write_sequences
 
 
 def run(tmp_path: Path, *overrides: str) -> Path:
     """Run train.main in this process on a composed config; returns the run directory."""
     out = tmp_path / "run"
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[*TINY, *overrides, f"paths.output_dir={out}"])
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[*TINY_TRAIN, *overrides, f"paths.output_dir={out}"])
     train.main(cfg)
     return out
 
@@ -80,7 +64,7 @@ def test_residue_classification_frozen_with_cache_writes_table_json_and_config(t
 
 
 def test_residue_regression_lora_and_local_test_files_named_by_stem(tmp_path):
-    source = (ROOT / "data" / "rsa.csv").read_text().splitlines()
+    source = (REPO / "data" / "rsa.csv").read_text().splitlines()
     held_out = tmp_path / "my_chains.csv"
     held_out.write_text("\n".join(source[:4]) + "\n")
     out = run(tmp_path, "task=rsa_local", "finetune=lora", f"task.data.test=[{held_out}]", "task.data.test_fraction=0")
@@ -245,7 +229,7 @@ def ddp_runs(tmp_path_factory) -> dict[str, Path]:
             "trainer=ddp",
             "trainer.accelerator=cpu",
             "trainer.devices=2",
-            *TINY,
+            *TINY_TRAIN,
             "trainer.max_epochs=2",
             "trainer.limit_train_batches=null",
             "trainer.limit_val_batches=null",
@@ -262,7 +246,7 @@ def ddp_runs(tmp_path_factory) -> dict[str, Path]:
             *extra,
             f"hydra.run.dir={out}",
         ]
-        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
         assert (out / "train_ddp_process_1.log").exists()  # the second rank really ran
         return out
@@ -316,7 +300,7 @@ def test_ddp_resumed_run_ends_like_the_straight_run(ddp_runs):
 
 
 def test_quickstart_beats_the_majority_class(tmp_path):
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["experiment=quickstart"])
     data = TaskDataModule(TaskSpec.from_config(cfg.task), load_tokenizer("ankh_tiny"), seed=cfg.seed)
     data.setup()
@@ -329,7 +313,7 @@ def test_quickstart_beats_the_majority_class(tmp_path):
     majority = Counter(counted).most_common(1)[0][1] / len(counted)
     done = subprocess.run(
         [sys.executable, "train.py", "experiment=quickstart", f"hydra.run.dir={tmp_path}"],
-        cwd=ROOT,
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=400,
@@ -344,8 +328,8 @@ def test_console_tells_each_thing_once_and_ends_with_the_next_command(tmp_path):
     advert, no deprecation warning, and a last line naming the run, its best checkpoint and export.py."""
     out = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, "train.py", *TINY, "task=ss3_local", f"hydra.run.dir={out}"],
-        cwd=ROOT,
+        [sys.executable, "train.py", *TINY_TRAIN, "task=ss3_local", f"hydra.run.dir={out}"],
+        cwd=REPO,
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,

@@ -50,7 +50,7 @@ def test_a_tiny_model_overfits_four_sequences():
     module.eval()
     with torch.no_grad():
         start = module.loss(module(data[0]), data[0])[0].item()
-    fit(module, data, steps=150)
+    fit(module.train(), data, steps=150)
     module.eval()
     with torch.no_grad():
         end = module.loss(module(data[0]), data[0])[0].item()
