@@ -115,9 +115,15 @@ LOADERS = textwrap.dedent("""
 
 def load_everything(folder: Path, residue_level: bool, tmp_path: Path) -> tuple[dict, str]:
     """Run every loader on `folder` in one fresh Python without fastankh/tasks; (results, console output)."""
+    return run_without_fastankh(LOADERS, [str(folder), str(int(residue_level)), json.dumps(SEQUENCES)], tmp_path)
+
+
+def run_without_fastankh(code: str, args: list[str], tmp_path: Path) -> tuple[dict, str]:
+    """`code` (which prints one `RESULT <json>` line) with `args` in a fresh Python where fastankh and tasks cannot
+    be imported; (the RESULT, console output)."""
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
-        [sys.executable, "-c", BLOCK_FASTANKH + LOADERS, str(folder), str(int(residue_level)), json.dumps(SEQUENCES)],
+        [sys.executable, "-c", BLOCK_FASTANKH + code, *args],
         cwd=tmp_path,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -217,21 +223,8 @@ def test_adapter_export_carries_the_remote_code_and_loads_onto_its_base(folders,
     assert sorted(p.name for p in adapter.glob("*.py")) == sorted(REMOTE_CODE_FILES)
     assert sorted(p.name for p in merged.glob("*.py")) == sorted(REMOTE_CODE_FILES)
     assert (adapter / "adapter_model.safetensors").is_file() and not (adapter / "model.safetensors").exists()
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(
-        [sys.executable, "-c", BLOCK_FASTANKH + ADAPTER_LOADER, str(adapter), str(merged), json.dumps(SEQUENCES)],
-        cwd=tmp_path,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    console = result.stdout + result.stderr
-    assert result.returncode == 0, console[-3000:]
+    out, console = run_without_fastankh(ADAPTER_LOADER, [str(adapter), str(merged), json.dumps(SEQUENCES)], tmp_path)
     assert PROMPT not in console
-    (line,) = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
-    out = json.loads(line.removeprefix("RESULT "))
     assert out["module"].startswith("transformers_modules") and out["class"] == "FastAnkhForSequenceClassification"
     assert out["diff"] <= 1e-5
 
