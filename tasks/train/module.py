@@ -293,8 +293,9 @@ class FineTuneModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         values = {"loss": self.val_loss.compute(), **self.val_metrics.compute()}
-        # values are already reduced over processes by torchmetrics; sync_dist only keeps Lightning quiet
-        self.log_dict({f"val/{k}": v for k, v in values.items()}, prog_bar=True, sync_dist=True)
+        # values are already reduced over processes by torchmetrics; sync_dist only keeps Lightning quiet (and
+        # Lightning reduces floats only: a degenerate MCC comes back as an integer tensor)
+        self.log_dict({f"val/{k}": v.float() for k, v in values.items()}, prog_bar=True, sync_dist=True)
         self.val_loss.reset()
         self.val_metrics.reset()
 
@@ -319,7 +320,8 @@ class FineTuneModule(L.LightningModule):
         for name, metrics, loss in zip(self.test_split_names, self.test_metrics, self.test_losses):
             values = {"loss": loss.compute(), **metrics.compute()}
             self.test_results[name] = {k: float(v) for k, v in values.items()}
-            self.log_dict({f"test/{name}/{k}": v for k, v in values.items()}, add_dataloader_idx=False, sync_dist=True)
+            logged = {f"test/{name}/{k}": v.float() for k, v in values.items()}
+            self.log_dict(logged, add_dataloader_idx=False, sync_dist=True)
         del self.test_metrics, self.test_losses  # keep the module's structure as it was trained
 
     # ------------------------------------------------------------------ optimisation
