@@ -8,9 +8,9 @@ Each script is the same three parts:
 
 `run_command` checks that every required key (`???` in the command's YAML) was given, naming the missing ones
 with the command's usage line (the first `python ...` example of the script's docstring), then runs the command;
-a `fastankh.errors.UserError` (every error in tasks/errors.py) ends the process with its message as one
-`error: <message>` line on stderr and exit status 1, without a traceback. Other exceptions are bugs and keep
-their traceback.
+a `fastankh.errors.UserError` (fastankh/errors.py holds every error class of the project) ends the process
+with its message as one `error: <message>` line on stderr and exit status 1, without a traceback. Other
+exceptions are bugs and keep their traceback.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ module-level imports, parsed), every module imports in a fresh interpreter,
 and imports go only downwards between layers:
 
 - fastankh never imports tasks;
-- tasks/task imports no other tasks subpackage (tasks.errors is below every subpackage);
+- tasks/task imports no other tasks subpackage;
 - tasks/data imports only tasks/task;
 - tasks/infer never imports tasks/train;
 - no two modules of fastankh and tasks share a name.
@@ -21,7 +21,7 @@ import pytest
 from tests.helpers import REPO
 
 SUBPACKAGES = ("task", "data", "train", "infer", "hub", "accuracy")
-# subpackage -> the tasks subpackages it may import (besides its own, tasks.errors and tasks.cli)
+# subpackage -> the tasks subpackages it may import (besides its own and tasks.cli)
 ALLOWED = {
     "task": set(),
     "data": {"task"},
@@ -133,6 +133,5 @@ def test_tasks_imports_go_downwards(path):
 
 def test_no_two_modules_share_a_name():
     leaves = [m.rsplit(".", 1)[-1] for m in MODULES if (REPO / (m.replace(".", "/") + ".py")).is_file()]
-    # tasks.errors extends fastankh.errors (its UserError) with the framework's errors: the one pair by design
-    repeated = sorted({n for n in leaves if leaves.count(n) > 1} - {"errors"})
+    repeated = sorted({n for n in leaves if leaves.count(n) > 1})
     assert not repeated, repeated

@@ -10,9 +10,9 @@ from hydra import compose, initialize_config_dir
 
 from fastankh import FastAnkhConfig, FastAnkhModel, embed_dataset, load_tokenizer
 from fastankh.batching import length_batches
+from fastankh.errors import DataError
 from fastankh.records import clean_sequence, read_records
 from tasks.data.datamodule import TaskDataModule
-from tasks.errors import DataError
 from tasks.infer import embedding as embed
 from tasks.infer.predict_job import check_records
 from tasks.task.spec import TaskSpec

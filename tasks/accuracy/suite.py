@@ -26,7 +26,7 @@ import yaml
 from omegaconf import DictConfig
 
 from fastankh.atomic import atomic_path
-from tasks.errors import BenchmarkError
+from fastankh.errors import BenchmarkError
 
 PAPER_FILE = Path(__file__).with_name("ankh_paper.yaml")
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"

@@ -23,12 +23,12 @@ from datasets import Dataset
 from datasets.fingerprint import Hasher
 from torch.utils.data import DataLoader
 
+from fastankh.errors import DataError
 from fastankh.records import STANDARD_RESIDUES
 from fastankh.tokenization import prefix_length
 from tasks.data.encoding import encode
 from tasks.data.loaders import BucketBatchSampler, Collator, EpochTaggedDataset, ResumableDataLoader, SeededSampler
 from tasks.data.sources import Table, carve, local_path, partition, read_source, split_name
-from tasks.errors import DataError
 from tasks.task.spec import TaskSpec
 
 __all__ = ["TaskDataModule", "DataError"]

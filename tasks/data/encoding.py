@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from fastankh.errors import DataError
 from fastankh.records import cell_text as _text
 from fastankh.records import clean_sequence, column_list, where
 from fastankh.records import is_missing as _is_missing
 from tasks.data.sources import ROW, Table, split_name
-from tasks.errors import DataError
 from tasks.task.spec import IGNORE_INDEX, TaskSpec
 
 MAX_PROBLEM_LINES = 20

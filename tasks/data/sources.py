@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fastankh.errors import DataError
 from fastankh.records import ROW, RecordError, file_suffix, read_table
-from tasks.errors import DataError
 from tasks.task.spec import DataSpec
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]

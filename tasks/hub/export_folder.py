@@ -25,9 +25,9 @@ import torch
 from omegaconf import DictConfig
 from transformers import PreTrainedTokenizerBase
 
+from fastankh.errors import UserError
 from fastankh.modeling_fastankh import copy_remote_code
 from fastankh.tokenization import prefix_length
-from tasks.errors import UserError
 from tasks.hub.model_card import model_card
 from tasks.hub.run import Run, load_run, run_tokenizer
 from tasks.train.model import weights_source

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from transformers import PreTrainedTokenizerBase
 
 from fastankh import FastAnkhConfig, load_tokenizer
-from tasks.errors import CheckpointError, UserError
+from fastankh.errors import CheckpointError, UserError
 from tasks.task.spec import TaskSpec
 from tasks.train.checkpoints import checkpoint_problem
 from tasks.train.model import tokenizer_source

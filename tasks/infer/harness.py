@@ -29,8 +29,8 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from safetensors import SafetensorError, safe_open
 from torch.utils.data import DataLoader, IterableDataset
 
+from fastankh.errors import DataError
 from fastankh.precision import resolve_precision
-from tasks.errors import DataError
 
 # conf/cli/embed.yaml and predict.yaml: the keys that mean what they mean in conf/trainer.
 TRAINER_KEYS = ("accelerator", "devices", "num_nodes", "strategy")

@@ -35,9 +35,9 @@ from fastankh.batching import length_batches
 from fastankh.embeddings.fingerprint import check_fingerprint, model_digest
 from fastankh.embeddings.inputs import windows
 from fastankh.embeddings.seen import SeenRecords, digests
+from fastankh.errors import DataError
 from fastankh.precision import resolve_precision
 from fastankh.records import Record, iter_records
-from tasks.errors import DataError
 from tasks.infer import harness
 from tasks.infer.prediction import load_task_model, predict_batch
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from tasks.errors import NonFiniteLossError
+from fastankh.errors import NonFiniteLossError
 from tasks.train.checkpoints import last_good_checkpoint
 
 

@@ -19,7 +19,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from fastankh.atomic import atomic_path
-from tasks.errors import CheckpointError
+from fastankh.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 

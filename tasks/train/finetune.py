@@ -23,7 +23,7 @@ from typing import Any
 
 from torch import nn
 
-from tasks.errors import UserError
+from fastankh.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from fastankh import FastAnkhConfig, FastAnkhForMaskedLM, FastAnkhModel
 from fastankh.configuration_fastankh import ARCHITECTURE_FIELDS
-from tasks.errors import UserError
+from fastankh.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from torchmetrics import MeanMetric
 from transformers import PreTrainedModel, get_scheduler
 
 from fastankh import FastAnkhConfig, FastAnkhForMaskedLM, FastAnkhModel
+from fastankh.errors import BaseChangedError, UserError
 from fastankh.modeling_tasks import counted_pairs
-from tasks.errors import BaseChangedError, UserError
 from tasks.task.kinds import TASK_KINDS
 from tasks.task.metrics import TaskMetrics
 from tasks.task.spec import IGNORE_INDEX, TaskSpec

@@ -28,13 +28,13 @@ def train(cfg: DictConfig) -> TrainResult:
     """Read and validate the data (bad data: a DataError with one line per problem, before a model exists),
     fine-tune, test the best checkpoint on every test split, write the run directory's files.
 
-    A problem the user can fix (bad data, a bad checkpoint, a non-finite loss, ...) is a `tasks.errors` error;
+    A problem the user can fix (bad data, a bad checkpoint, a non-finite loss, ...) is a `fastankh.errors` error;
     train.py prints it as one `error:` line (tasks/cli.py)."""
     import lightning as L
 
     from fastankh import load_tokenizer
+    from fastankh.errors import NonFiniteLossError
     from tasks.data.datamodule import TaskDataModule
-    from tasks.errors import NonFiniteLossError
     from tasks.task.spec import TaskSpec
     from tasks.train.checkpoints import best_checkpoint, resolve_ckpt_path
     from tasks.train.console import drop_console_noise, print_next_step

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from tasks.errors import UserError
+from fastankh.errors import UserError
 from tasks.task.kinds import TASK_KINDS
 from tasks.task.spec import TaskSpec
 

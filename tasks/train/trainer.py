@@ -9,7 +9,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from tasks.errors import UserError
+from fastankh.errors import UserError
 from tasks.train.callbacks import EpochSeed, RestoreLoaderPosition, StopOnNonFiniteLoss
 from tasks.train.checkpoints import AtomicCheckpointIO
 from tasks.train.loggers import build_loggers

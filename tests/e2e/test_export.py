@@ -30,7 +30,7 @@ from fastankh import (
     prefix_length,
 )
 from fastankh.configuration_fastankh import REMOTE_CODE_FILES
-from tasks.errors import UserError
+from fastankh.errors import UserError
 from tasks.hub.export_folder import export_checkpoint
 from tasks.infer.prediction import load_task_model
 from tasks.task.spec import IGNORE_INDEX
@@ -403,7 +403,7 @@ def test_task_model_loads_an_original_t5_checkpoint_as_its_encoder(t5_checkpoint
 
 
 def test_a_truncated_checkpoint_is_one_line_naming_it(runs, tmp_path):
-    from tasks.errors import CheckpointError
+    from fastankh.errors import CheckpointError
 
     good = best_checkpoint(runs["residue"]).read_bytes()
     broken = tmp_path / "run" / "checkpoints" / "epoch000.ckpt"

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tasks.errors import CheckpointError
+from fastankh.errors import CheckpointError
 from tasks.train.checkpoints import checkpoint_problem, resolve_ckpt_path
 from tests.helpers import REPO, short_rows, train_run, val_rows
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import T5ForConditionalGeneration
 
-from tasks.errors import BaseChangedError
+from fastankh.errors import BaseChangedError
 from tasks.hub.export_folder import export_checkpoint
 from tasks.hub.run import load_run
 from tasks.train.model import weights_checksum

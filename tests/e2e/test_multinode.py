@@ -157,7 +157,7 @@ def test_two_nodes_train_like_one_process_on_the_same_global_batch(train_runs):
 
 def test_a_launch_that_disagrees_with_devices_and_num_nodes_is_one_line(monkeypatch):
     """torchrun started 2 processes but the command says 1: refused before any work, naming both."""
-    from tasks.errors import DataError
+    from fastankh.errors import DataError
     from tasks.infer.harness import build_predict_trainer
 
     monkeypatch.setenv("WORLD_SIZE", "2")

@@ -12,7 +12,7 @@ import torch
 
 import tasks.infer.prediction
 from fastankh import FastAnkhConfig, FastAnkhModel, load_tokenizer, prefix_length
-from tasks.errors import DataError
+from fastankh.errors import DataError
 from tasks.hub.export_folder import export_checkpoint
 from tasks.infer.predict_job import predict_file
 from tasks.infer.prediction import load_task_model

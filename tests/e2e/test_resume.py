@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import tasks.train.checkpoints
-from tasks.errors import CheckpointError
+from fastankh.errors import CheckpointError
 from tasks.train.checkpoints import AtomicCheckpointIO, resolve_ckpt_path
 from tasks.train.trainer import build_trainer
 from tests.helpers import short_rows, train_run, val_rows

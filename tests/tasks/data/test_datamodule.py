@@ -15,12 +15,12 @@ from lightning.pytorch.utilities.data import _update_dataloader
 from omegaconf import OmegaConf
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
+from fastankh.errors import DataError
 from fastankh.tokenization import load_tokenizer
 from tasks.data.datamodule import TaskDataModule
 from tasks.data.encoding import encode
 from tasks.data.loaders import BucketBatchSampler, SeededSampler
 from tasks.data.sources import PROJECT_ROOT, read_source
-from tasks.errors import DataError
 from tasks.task.spec import IGNORE_INDEX, KINDS, TaskSpec
 
 SS_CSV = PROJECT_ROOT / "data" / "secondary_structure.csv"

@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from fastankh import FastAnkhConfig, FastAnkhForContactPrediction, load_tokenizer
+from fastankh.errors import DataError
 from fastankh.heads import build_head
 from fastankh.modeling_tasks import counted_pairs
 from tasks.data.datamodule import TaskDataModule
 from tasks.data.loaders import Collator
 from tasks.data.sources import PROJECT_ROOT
-from tasks.errors import DataError
 from tasks.task.metrics import TaskMetrics
 from tasks.task.spec import IGNORE_INDEX, TaskSpec
 from tests.helpers import TINY, make_batch, make_module, make_task
