@@ -69,7 +69,7 @@ class _FastAnkhTaskModel(FastAnkhPreTrainedModel):
     def with_encoder(cls, config: FastAnkhConfig, encoder: FastAnkhModel) -> _FastAnkhTaskModel:
         """The task model of `config` around `encoder` (the object itself), its head freshly initialised from the
         current RNG state. The encoder `cls(config)` would build is never materialised (built on the meta device):
-        a random encoder only to be replaced costs ankh3_xl 14 GB and minutes of initialisation."""
+        a random encoder only to be replaced would cost a whole model's memory and initialisation time."""
         with torch.device("meta"):
             model = cls(config)
         model.model = encoder

@@ -84,7 +84,7 @@ def build_tokenizer(vocab: dict[str, int], nlu_prefix: bool | None = None) -> Pr
         raise ValueError(f"nlu_prefix=True but the vocabulary has no {NLU} token")
 
     # A BPE model without merges maps every character to its own id (unknown ones to <unk>, never
-    # fused) and needs no pre-tokenizer: 3-4x faster than WordLevel over per-character splits.
+    # fused) and needs no pre-tokenizer, so it is faster than WordLevel over per-character splits.
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=UNK, fuse_unk=False))
     # Stripping and uppercasing live in tokenizer.json so they travel with a saved checkpoint.
     tok.normalizer = normalizers.Sequence(
