@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 
 from fastankh import FastAnkhConfig, FastAnkhModel, embed_dataset, load_tokenizer
 from fastankh.batching import length_batches
-from fastankh.errors import DataError
+from fastankh.errors import DataError, UserError
 from fastankh.records import clean_sequence, read_records
 from tasks.data.datamodule import TaskDataModule
 from tasks.infer import embedding as embed
@@ -103,7 +103,7 @@ def test_same_decision_and_message_in_train_predict_and_embed(cell, tmp_path, en
     else:
         message = f"{path}: row 1 (id a): {expected}"
         assert results == {name: ("error", message) for name in results}
-        with pytest.raises(DataError) as err:
+        with pytest.raises(UserError) as err:  # the CLI's one `error:` line is this message
             embed_cli(path, tmp_path)
         assert str(err.value) == message
 
