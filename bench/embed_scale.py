@@ -78,7 +78,7 @@ def run_fastankh(args, fasta: Path, output: Path) -> None:
     model = FastAnkhModel.from_pretrained(args.ckpt).eval()
     model.embed_dataset(
         fasta, batch_size=args.batch_size, full_embeddings=args.full, save_path=output, progress=False,
-        precision=args.precision, window=args.window,
+        precision=args.precision, window=args.window, shard_size=args.shard_size,
     )  # fmt: skip
 
 
@@ -160,7 +160,7 @@ def measure(args, impl: str, n: int, full: bool, work: Path) -> dict:
         "--precision",
         args.precision,
     ]
-    cmd += ["--window", str(args.window)] + (["--full"] if full else [])
+    cmd += ["--window", str(args.window), "--shard-size", str(args.shard_size)] + (["--full"] if full else [])
     line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
     result = json.loads(line)
     if not args.keep:
@@ -184,6 +184,7 @@ def kill_test(args, n: int, work: Path) -> dict:
         shutil.rmtree(path, ignore_errors=True)
     base = [sys.executable, __file__, "--child", "fastankh", "--fasta", str(fasta), "--n", str(n), "--ckpt", args.ckpt]
     base += ["--batch-size", str(args.batch_size), "--precision", args.precision, "--window", str(args.window)]
+    base += ["--shard-size", str(args.kill_shard_size)]  # small shards: many resume points to kill between
     proc = subprocess.Popen([*base, "--output", str(killed)], stdout=subprocess.DEVNULL)
     shard_glob = "part-*.safetensors"
     while proc.poll() is None and len(list(killed.glob(shard_glob))) < args.kill_after:
@@ -251,7 +252,9 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the outputs")
     parser.add_argument("--predict", type=int, nargs="*", default=[], help="predict.py sizes (per-residue export)")
     parser.add_argument("--kill-test", type=int, default=None, metavar="N")
-    parser.add_argument("--kill-after", type=int, default=3, help="shards written before the kill")
+    parser.add_argument("--kill-after", type=int, default=8, help="shards written before the kill")
+    parser.add_argument("--kill-shard-size", type=int, default=16 * 2**20, help="shard bytes in the kill test")
+    parser.add_argument("--shard-size", type=int, default=256 * 2**20)
     # one measured run (internal)
     parser.add_argument("--child", choices=list(RUNS), default=None)
     parser.add_argument("--fasta"), parser.add_argument("--output"), parser.add_argument("--n", type=int)
