@@ -4,7 +4,7 @@ a plain transformers T5EncoderModel loop (fp32 and bf16 weights) on the same ran
     python bench/embed_speed.py                  # ankh_base widths, 6 layers, 48 sequences of 100-500 residues
     python bench/embed_speed.py --reps 5 --json out.json
 
-Issue 16's bar: MFU >= 55% of the bf16 matmul ceiling, >= 6x the transformers fp32 loop, >= 2x its bf16 loop.
+The target: MFU >= 55% of the bf16 matmul ceiling, >= 6x the transformers fp32 loop, >= 2x its bf16 loop.
 Everything runs in one process, interleaved round by round (ceiling, FastANKH, transformers bf16, transformers
 fp32), so a busy machine slows every column alike; times are medians over the rounds, the ceiling is the best
 (a plain large square bf16 matmul: what the cores can do, measured next to the model in every round).

@@ -1,4 +1,4 @@
-"""Two "nodes" on this machine (issue 16, item 5): `torchrun --nnodes=2 --nproc-per-node=1` started twice on
+"""Two "nodes" on this machine: `torchrun --nnodes=2 --nproc-per-node=1` started twice on
 localhost, node ranks 0 and 1, gloo on CPU. Lightning sees torchrun's environment (TorchElasticEnvironment)
 and runs world size 2 with num_nodes=2 devices=1, as on two machines sharing a filesystem.
 
