@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -79,7 +80,9 @@ def load_task_model(name_or_path: str | os.PathLike, device: str | torch.device 
 
             with open(adapter) as f:
                 base = json.load(f)["base_model_name_or_path"]
-            model = PeftModel.from_pretrained(model_class.from_pretrained(base, config=config), name)
+            with warnings.catch_warnings():  # peft reads transformers' deprecated is_gradient_checkpointing
+                warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
+                model = PeftModel.from_pretrained(model_class.from_pretrained(base, config=config), name)
         else:
             model = model_class.from_pretrained(name)
         tokenizer = load_tokenizer(name)
