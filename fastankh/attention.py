@@ -95,29 +95,38 @@ class AttentionInputs:
     kernel_options: dict | None = None
     compiled: bool = False  # norms and the FFN gate run as compiled regions (config.compile_regions)
     attentions: list[torch.Tensor] | None = field(default=None, repr=False)
+    # Rows of the packed token matrix the row-wise modules see: N rounded up with zero rows (inference), so
+    # batches of many different lengths share a few matmul shapes: oneDNN then reuses its kernels and the
+    # allocator its blocks, instead of both growing with every new N. Zero rows stay zero (no bias anywhere).
+    rows_out: int = 0
 
     @property
     def packed(self) -> bool:
         return ATTENTION_IMPLEMENTATIONS[self.backend].packed
 
+    def _rows(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, d) -> (max(N, rows_out), d): zero rows appended."""
+        return F.pad(x, (0, 0, 0, self.rows_out - self.tokens)) if self.rows_out > self.tokens else x
+
     def pack(self, x: torch.Tensor) -> torch.Tensor:
-        """(B * L, d) padded batch -> (N, d) real tokens."""
-        return x if self.token_index is None else x.index_select(0, self.token_index)
+        """(B * L, d) padded batch -> (N, d) real tokens (+ zero rows up to rows_out)."""
+        return x if self.token_index is None else self._rows(x.index_select(0, self.token_index))
 
     def unpack(self, x: torch.Tensor) -> torch.Tensor:
         """(N, d) -> (B * L, d), zeros at padding."""
         if self.token_index is None:
             return x
         # index_copy_, in place: index_copy would clone the zeros first
-        return x.new_zeros(self.batch * self.length, x.size(-1)).index_copy_(0, self.token_index, x)
+        out = x.new_zeros(self.batch * self.length, x.size(-1))
+        return out.index_copy_(0, self.token_index, x[: self.tokens])
 
     def to_attention(self, x: torch.Tensor) -> torch.Tensor:
         """(N, d) -> (rows * row_length, d), the layout attention runs on."""
-        return F.pad(x, (0, 0, 0, self.row_length - self.tokens)) if self.packed else self.unpack(x)
+        return F.pad(x[: self.tokens], (0, 0, 0, self.row_length - self.tokens)) if self.packed else self.unpack(x)
 
     def from_attention(self, x: torch.Tensor) -> torch.Tensor:
         """(rows * row_length, d) -> (N, d)."""
-        return x[: self.tokens] if self.packed else self.pack(x)
+        return self._rows(x[: self.tokens]) if self.packed else self.pack(x)
 
 
 # --------------------------------------------------------------------------------------------
@@ -315,10 +324,25 @@ def flex_kernel_options(choice: str, device: torch.device) -> dict | None:
 
 
 def attention_inputs(
-    backend: str, key_mask: torch.Tensor, dtype: torch.dtype, position_bias: nn.Module, flex_kernel: str
+    backend: str,
+    key_mask: torch.Tensor,
+    dtype: torch.dtype,
+    position_bias: nn.Module,
+    flex_kernel: str,
+    round_rows: int = 1,
 ) -> AttentionInputs:
     """The inputs of implementation `backend` for key_mask (B, L) bool, True at real tokens (for a packed
-    implementation: one run of them per row). `position_bias`: the encoder's FastAnkhRelativePositionBias."""
+    implementation: one run of them per row). `position_bias`: the encoder's FastAnkhRelativePositionBias.
+    `round_rows`: the packed token rows are padded to a multiple of it (see AttentionInputs.rows_out)."""
+    inputs = _attention_inputs(backend, key_mask, dtype, position_bias, flex_kernel)
+    if inputs.token_index is not None:
+        inputs.rows_out = -(-inputs.tokens // round_rows) * round_rows
+    return inputs
+
+
+def _attention_inputs(
+    backend: str, key_mask: torch.Tensor, dtype: torch.dtype, position_bias: nn.Module, flex_kernel: str
+) -> AttentionInputs:
     b, length = key_mask.shape
     device = key_mask.device
     token_index = None if bool(key_mask.all()) else key_mask.flatten().nonzero().squeeze(1)

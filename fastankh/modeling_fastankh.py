@@ -48,6 +48,7 @@ from .t5_conversion import (  # noqa: F401  (_checkpoint_model_type: used by mod
 
 # from_pretrained keyword arguments that are config attributes too but here are loading options.
 _DTYPE_KWARGS = ("dtype", "torch_dtype")
+INFERENCE_ROW_MULTIPLE = 256  # packed token rows at inference: a multiple of this (AttentionInputs.rows_out)
 FFN_CHUNK_BYTES = 12 << 20  # the smallest (tokens, d_ff) chunk of the FFN at inference (FastAnkhFeedForward._inference)
 
 
@@ -321,7 +322,9 @@ class FastAnkhEncoder(nn.Module):
             dtype = torch.get_autocast_dtype(hidden.device.type)
         else:
             dtype = self.layers[0].attention.q.weight.dtype if len(self.layers) else hidden.dtype
-        attn = attention_inputs(backend, key_mask, dtype, self.position_bias, self.config.flex_kernel)
+        # Inference rounds the packed rows to a few shapes (AttentionInputs.rows_out); training keeps them exact.
+        round_rows = 1 if training else INFERENCE_ROW_MULTIPLE
+        attn = attention_inputs(backend, key_mask, dtype, self.position_bias, self.config.flex_kernel, round_rows)
         attn.attentions = [] if output_attentions else None
         attn.compiled = use_compiled_regions(
             self.config.compile_regions, hidden.device, dtype, self.config.d_model, training
