@@ -39,6 +39,9 @@ from .heads import build_head
 from .losses import counted_loss
 from .modeling_fastankh import FastAnkhModel, FastAnkhPreTrainedModel, _checkpoint_model_type
 
+Tensor = torch.Tensor
+Mask = torch.Tensor | None  # a (B, T) bool mask, or None for the default
+
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification", "contact_prediction")
 DEFAULT_HEADS = {"residue": "linear", "sequence": "mean", "pair": "mlp"}
 # Pairs closer in sequence than this are trivially near in space: no loss, no metric, no prediction (the field's rule).
@@ -161,13 +164,7 @@ class FastAnkhForTokenClassification(_FastAnkhTaskModel):
     head_level = "residue"
     output_class = TokenClassifierOutput
 
-    def loss(
-        self,
-        logits: torch.Tensor,
-        labels: torch.Tensor,
-        label_mask: torch.Tensor | None = None,
-        residue_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def loss(self, logits: Tensor, labels: Tensor, label_mask: Mask = None, residue_mask: Mask = None) -> Tensor:
         """Mean loss over labelled residues: cross-entropy, or MSE for problem_type "regression".
 
         A residue counts where `label_mask` is True; without it, where its label is not the ignore value
@@ -187,13 +184,7 @@ class FastAnkhForSequenceClassification(_FastAnkhTaskModel):
     head_level = "sequence"
     output_class = SequenceClassifierOutput
 
-    def loss(
-        self,
-        logits: torch.Tensor,
-        labels: torch.Tensor,
-        label_mask: torch.Tensor | None = None,
-        residue_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def loss(self, logits: Tensor, labels: Tensor, label_mask: Mask = None, residue_mask: Mask = None) -> Tensor:
         """Mean over sequences: cross-entropy on (B,) class ids, MSE on (B,) floats (regression), BCE on
         (B, num_labels) 0/1 (multi-label). Every sequence counts; the masks (the token model's signature,
         so a training loop calls either alike) are unused."""
@@ -235,13 +226,7 @@ class FastAnkhForContactPrediction(_FastAnkhTaskModel):
     head_level = "pair"
     output_class = ContactPredictionOutput
 
-    def loss(
-        self,
-        logits: torch.Tensor,
-        labels: torch.Tensor,
-        label_mask: torch.Tensor | None = None,
-        residue_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def loss(self, logits: Tensor, labels: Tensor, label_mask: Mask = None, residue_mask: Mask = None) -> Tensor:
         """Mean binary cross-entropy over the pairs `counted_pairs` keeps: labels (B, T, T) 1 contact, 0 none,
         negative (e.g. -100) ignored; label_mask (B, T) bool False at residues whose pairs never count (e.g.
         without coordinates); pairs closer than MIN_CONTACT_SEPARATION in sequence never count."""
