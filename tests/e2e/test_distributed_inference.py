@@ -49,6 +49,14 @@ with open({script!r}) as f:
 """
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def write_fasta(path: Path, records: list[tuple[str, str]]) -> None:
     path.write_text("".join(f">{rid}\n{seq}\n" for rid, seq in records))
 
@@ -101,7 +109,8 @@ def ddp_runs(setup) -> dict[str, object]:
             WRAPPER.format(repo=str(REPO), script=str(REPO / f"{script}.py"), log=str(out.parent / "log"))
         )
         cmd = [sys.executable, str(wrapper), *args(setup, out, "accelerator=cpu", "devices=2")]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+        # each launch its own rendezvous port: the two start at once and must not pick the same free port
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "MASTER_PORT": str(free_port())}
         launches[script] = (out, subprocess.Popen(cmd, cwd=root, env=env, text=True, stdout=-1, stderr=-1))
     results: dict[str, object] = {}
     for script, (out, proc) in launches.items():
