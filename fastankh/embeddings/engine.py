@@ -24,6 +24,7 @@ from ..records import Record
 from ..tokenization import load_tokenizer
 from .compute import OutputSpec, WindowEmbedder, check_layers, weights_in
 from .fingerprint import model_digest, package_versions, tokenizer_digest
+from .heap import release_free_memory
 from .inputs import Source, checked_records, count, is_reiterable, raw_records, windows
 from .stores import DEFAULT_SHARD_BYTES, open_store
 
@@ -121,6 +122,7 @@ class EmbeddingRun:
 
     def write(self, window: Sequence[Record], outputs: Sequence[torch.Tensor]) -> None:
         self.store.add(window, outputs)
+        release_free_memory()  # see fastankh.embeddings.heap: resident memory follows one window, not the run
 
     def flush(self) -> None:
         """Keep what is finished (an interrupted process calls this before it stops)."""

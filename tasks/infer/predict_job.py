@@ -33,6 +33,7 @@ from omegaconf import DictConfig
 from fastankh.atomic import atomic_path
 from fastankh.batching import length_batches
 from fastankh.embeddings.fingerprint import check_fingerprint, model_digest
+from fastankh.embeddings.heap import release_free_memory
 from fastankh.embeddings.inputs import windows
 from fastankh.embeddings.seen import SeenRecords, digests
 from fastankh.errors import DataError
@@ -170,6 +171,7 @@ class PredictJob:
         table = table.replace_schema_metadata({"digest": window_digest(window)})
         with atomic_path(self.shard(index)) as tmp:
             pq.write_table(table, tmp)
+        release_free_memory()  # see fastankh.embeddings.heap
 
     def flush(self) -> None:
         pass  # each window is written as soon as it is predicted
