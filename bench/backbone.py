@@ -79,12 +79,13 @@ def matmul_rate(preset: str, dtype: str, device: str, threads: int) -> float:
     return 2 * a.shape[0] * a.shape[1] * b.shape[1] / best
 
 
-def make_checkpoint(path: str, layers: int, preset: str) -> None:
+def make_checkpoint(path: str, layers: int, preset: str, **overrides: int) -> None:
+    """A random transformers T5 encoder of `preset`'s shape (`overrides`: d_kv, d_ff, num_heads), saved at path."""
     from transformers import T5Config, T5EncoderModel
 
     from fastankh import PRESETS
 
-    p = PRESETS[preset]
+    p = {**PRESETS[preset], **overrides}
     config = T5Config(
         vocab_size=p["vocab_size"],
         d_model=p["d_model"],

@@ -3,8 +3,10 @@
 (T5EncoderModel on the same weights, batches in input order, each record's result written to an HDF5 file with
 h5py as ProtTrans / bio_embeddings do), in one run.
 
-Setup: a random encoder of ankh_base width with `--layers` (default 1) blocks, so compute is small and the
-embedding machinery shows; N random sequences of 30-120 residues (seeded). Each (implementation, N, output)
+Setup: a random encoder of ankh_base width (d_model 768, so outputs have ankh_base's size) with `--layers`
+(default 1) blocks of `--heads` x `--d-kv` attention and a `--d-ff` FFN (default 2 x 32 and 64: compute is small,
+so the embedding machinery shows; `--heads 12 --d-kv 64 --d-ff 3072` is ankh_base's block); N random sequences
+of 30-120 residues (seeded). Each (implementation, N, output)
 runs in a fresh process, so peak RSS is that run's alone; bytes written are the process's write_bytes
 (/proc/self/io), the output's size is measured on disk.
 
@@ -111,11 +113,12 @@ def run_transformers(args, fasta: Path, output: Path) -> None:
             flush()
 
 
-def make_export(path: Path, layers: int) -> None:
-    """A per-residue (SS3-like) export of ankh_base width with random weights, as export.py writes it."""
+def make_export(path: Path, layers: int, block: dict[str, int]) -> None:
+    """A per-residue (SS3-like) export of the same encoder shape with random weights, as export.py writes it."""
     from fastankh import FastAnkhConfig, FastAnkhForTokenClassification, load_tokenizer
 
-    config = FastAnkhConfig.from_preset("ankh_base", num_layers=layers, id2label={0: "H", 1: "E", 2: "C"})
+    labels = {0: "H", 1: "E", 2: "C"}
+    config = FastAnkhConfig.from_preset("ankh_base", num_layers=layers, id2label=labels, **block)
     config.problem_type = "single_label_classification"
     torch.manual_seed(0)
     FastAnkhForTokenClassification(config).save_pretrained(path)
@@ -243,6 +246,9 @@ def main() -> None:
     parser.add_argument("--residue", type=int, nargs="*", default=[100_000])
     parser.add_argument("--tf-max", type=int, default=1_000_000, help="largest N for the transformers loop")
     parser.add_argument("--layers", type=int, default=1)
+    parser.add_argument("--heads", type=int, default=2)
+    parser.add_argument("--d-kv", type=int, default=32)
+    parser.add_argument("--d-ff", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--window", type=int, default=1024)
     parser.add_argument("--precision", default="auto")
@@ -267,12 +273,13 @@ def main() -> None:
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    args.ckpt = str(work / f"ankh_base-{args.layers}-layer")
+    block = {"num_heads": args.heads, "d_kv": args.d_kv, "d_ff": args.d_ff}
+    args.ckpt = str(work / f"d768-{args.layers}-layer-{args.heads}x{args.d_kv}-ff{args.d_ff}")
     if not Path(args.ckpt).exists():
-        make_checkpoint(args.ckpt, args.layers, "ankh_base")
-    args.export = str(work / f"ss3-export-{args.layers}-layer")
+        make_checkpoint(args.ckpt, args.layers, "ankh_base", **block)
+    args.export = str(work / f"ss3-export-{Path(args.ckpt).name}")
     if args.predict and not Path(args.export).exists():
-        make_export(Path(args.export), args.layers)
+        make_export(Path(args.export), args.layers, block)
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     amx = "amx_bf16" in open("/proc/cpuinfo").read()
     print(f"CPU: {cpu} ({'AMX' if amx else 'no AMX'}), {torch.get_num_threads()} threads; precision={args.precision}")

@@ -8,6 +8,8 @@ for the whole process (compiled code, a kernel that turned out not to run here, 
 - `regions_proven`: names of the regions whose compiled twin has run once without error;
 - `flex`: flex_attention compiled once (static shapes: one graph per packed row length), None until first used;
 - `flash_failed`: flex's FLASH kernel raised once, so every later flex call takes the Triton kernel;
+- `fused_gate_failed`: the oneDNN matmul-with-activation kernel of the FFN gate raised once (or is missing from
+  this build), so the gate runs as separate matmuls and elementwise ops for good;
 - `warned`: the messages `warn_once` has already shown.
 
 Tests reset a field with `monkeypatch.setattr(RUNTIME, name, ...)`. This file travels to the Hub as remote code
@@ -29,6 +31,7 @@ class RuntimeState:
     regions_proven: set[str] = field(default_factory=set)
     flex: Callable | None = None
     flash_failed: bool = False
+    fused_gate_failed: bool = False
     warned: set[str] = field(default_factory=set)
 
 
