@@ -8,7 +8,11 @@ implementation's name to the layout it runs on and the function that attends:
 - "flex": `flex_attention` on ONE packed row of the real tokens, with a score_mod that reads the bias from a
   (2T-1, heads) table indexed by the relative distance (no L x L x H tensor) and a block mask that keeps each
   token inside its own sequence and skips every block outside it;
-- "eager": the sdpa mask, with the probabilities materialised and returned (what `output_attentions=True` needs).
+- "eager": the sdpa mask, with the probabilities materialised and returned (what `output_attentions=True` needs);
+- "sdpa_varlen" (not a setting: what "sdpa" runs for CPU inference on a batch with padding): sdpa on each
+  sequence of the packed real tokens alone, with the top-left block of one (1, H, L, L) bias. No padded
+  copies of q, k, v, no (B, H, L, L) mask, no attention over padding keys: length-sorted embedding batches of
+  100-500 residues spent a third of their attention on padding.
 
 The one setting is `config.attn_backend` (ATTN_BACKENDS): an implementation's name, "auto" (flex on CUDA, sdpa
 elsewhere) or "kernels_flash" (a flash kernel cannot take ANKH's bias: flex on GPU, sdpa elsewhere, with one
@@ -78,6 +82,8 @@ class AttentionInputs:
       (T = flex_row_length(N)); `block_mask` lets a token attend only its own sequence and skips every block
       outside it, `score_mod` adds the bias of the within-sequence distance. Results equal the padded path;
       the compiled graph depends on T only, never on the batch size or the lengths.
+    - per sequence (sdpa_varlen): the packed row (1, N) of the N tokens, `segments` (start, length) of each
+      sequence in it, `mask` the (1, H, L, L) bias whose top-left (length, length) block each sequence takes.
     `attentions`: a list that collects each layer's probabilities (eager only), or None when nobody asked.
     """
 
@@ -93,6 +99,7 @@ class AttentionInputs:
     score_mod: Callable | None = None
     block_mask: object = None
     kernel_options: dict | None = None
+    segments: list[tuple[int, int]] | None = None
     compiled: bool = False  # norms and the FFN gate run as compiled regions (config.compile_regions)
     attentions: list[torch.Tensor] | None = field(default=None, repr=False)
     # Rows of the packed token matrix the row-wise modules see: N rounded up with zero rows (inference), so
@@ -122,7 +129,10 @@ class AttentionInputs:
 
     def to_attention(self, x: torch.Tensor) -> torch.Tensor:
         """(N, d) -> (rows * row_length, d), the layout attention runs on."""
-        return F.pad(x[: self.tokens], (0, 0, 0, self.row_length - self.tokens)) if self.packed else self.unpack(x)
+        if not self.packed:
+            return self.unpack(x)
+        x = x[: self.tokens]
+        return F.pad(x, (0, 0, 0, self.row_length - self.tokens)) if self.row_length > self.tokens else x
 
     def from_attention(self, x: torch.Tensor) -> torch.Tensor:
         """(rows * row_length, d) -> (N, d)."""
@@ -169,6 +179,20 @@ def sdpa_attention(
     if mask.requires_grad and q.device.type == "cpu":
         return _BiasedAttention.apply(q, k, v, mask), None
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0), None
+
+
+def sdpa_varlen_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn: AttentionInputs
+) -> tuple[torch.Tensor, None]:
+    """sdpa on each sequence alone: q, k, v (1, H, N, d_kv) views of the packed tokens; the bias of a sequence of
+    n tokens is the top-left (n, n) block of attn.mask (it depends on k - q only). Inference only (no autograd
+    through the in-place writes)."""
+    out = q.new_empty(1, q.size(2), q.size(1), q.size(3)).transpose(1, 2)  # (1, H, N, d) over (1, N, H, d) memory
+    for start, length in attn.segments:
+        part = slice(start, start + length)
+        bias = attn.mask[:, :, :length, :length]
+        out[:, :, part] = F.scaled_dot_product_attention(q[:, :, part], k[:, :, part], v[:, :, part], bias, scale=1.0)
+    return out, None
 
 
 def eager_attention(
@@ -228,6 +252,7 @@ ATTENTION_IMPLEMENTATIONS: dict[str, AttentionImplementation] = {
     "sdpa": AttentionImplementation(packed=False, attend=sdpa_attention),
     "flex": AttentionImplementation(packed=True, attend=flex_attention),
     "eager": AttentionImplementation(packed=False, attend=eager_attention),
+    "sdpa_varlen": AttentionImplementation(packed=True, attend=sdpa_varlen_attention),
 }
 
 
@@ -253,7 +278,8 @@ def resolve_backend(
 
     `output_attentions` needs the probabilities: eager, with one warning naming the setting it replaces. "auto"
     is flex on CUDA, sdpa elsewhere. Fallbacks, each with one warning: flash kernels cannot take a bias, flex
-    has no backward on CPU, and packing needs each row's tokens (`key_mask`, (B, L) bool) in one run."""
+    has no backward on CPU, and packing needs each row's tokens (`key_mask`, (B, L) bool) in one run. sdpa on a
+    CPU without autograd, on a batch with padding whose rows are one run each, runs per sequence (sdpa_varlen)."""
     backend = backend_name(requested)
     if output_attentions:
         if backend != "eager":
@@ -263,7 +289,7 @@ def resolve_backend(
             )
         return "eager"
     if backend == "auto":
-        return "flex" if device.type == "cuda" and flex_available() else "sdpa"
+        backend = "flex" if device.type == "cuda" and flex_available() else "sdpa"
     if backend == "kernels_flash":
         warn_once("attn_backend='kernels_flash' cannot apply ANKH's relative position bias; using flex/sdpa instead.")
         backend = "flex" if device.type == "cuda" and flex_available() else "sdpa"
@@ -273,12 +299,25 @@ def resolve_backend(
     if backend == "flex" and training and device.type == "cpu":
         warn_once("flex_attention has no backward on CPU; training with attn_backend='sdpa' instead.")
         backend = "sdpa"
-    if backend == "flex" and key_mask is not None:
-        runs = key_mask[:, 0].int() + (key_mask[:, 1:] & ~key_mask[:, :-1]).sum(1)
-        if bool((runs > 1).any()):  # packing keeps a sequence's distances only if its tokens are one run
-            warn_once("flex needs each row's tokens in one run (no holes in attention_mask); using sdpa")
-            backend = "sdpa"
+    if backend == "flex" and key_mask is not None and not _one_run_per_row(key_mask):
+        warn_once("flex needs each row's tokens in one run (no holes in attention_mask); using sdpa")
+        backend = "sdpa"
+    if (
+        backend == "sdpa"
+        and not (training or torch.is_grad_enabled())
+        and device.type == "cpu"
+        and key_mask is not None
+        and not bool(key_mask.all())
+        and _one_run_per_row(key_mask)
+    ):
+        backend = "sdpa_varlen"
     return backend
+
+
+def _one_run_per_row(key_mask: torch.Tensor) -> bool:
+    """Each row's tokens are one run (packing keeps a sequence's distances only then); key_mask (B, L) bool."""
+    runs = key_mask[:, 0].int() + (key_mask[:, 1:] & ~key_mask[:, :-1]).sum(1)
+    return not bool((runs > 1).any())
 
 
 def _document_block_mask(documents: torch.Tensor, real: int, mask_mod: Callable) -> object:
@@ -347,6 +386,14 @@ def _attention_inputs(
     device = key_mask.device
     token_index = None if bool(key_mask.all()) else key_mask.flatten().nonzero().squeeze(1)
     tokens = b * length if token_index is None else token_index.numel()
+    if backend == "sdpa_varlen":
+        lengths = key_mask.sum(1).tolist()
+        starts = [0]
+        for n in lengths[:-1]:
+            starts.append(starts[-1] + n)
+        segments = [(start, n) for start, n in zip(starts, lengths) if n]
+        bias = position_bias.dense(max(lengths), device).to(dtype)  # (1, H, L, L)
+        return AttentionInputs(backend, b, length, 1, tokens, tokens, token_index, mask=bias, segments=segments)
     if not ATTENTION_IMPLEMENTATIONS[backend].packed:
         bias = position_bias.dense(length, device)  # (1, H, L, L)
         if token_index is None:

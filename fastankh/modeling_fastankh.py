@@ -245,9 +245,10 @@ class FastAnkhAttention(nn.Module):
 
         if torch.is_grad_enabled() or not _bare(self.q, self.k, self.v):
             q, k, v = heads(self.q(x)), heads(self.k(x)), heads(self.v(x))
-        else:  # inference: one matmul three times as wide (the weights concatenated) keeps the cores busier
-            fused = F.linear(x, torch.cat([self.q.weight, self.k.weight, self.v.weight]))
-            q, k, v = (heads(t) for t in fused.split(self.q.out_features, -1))
+        else:  # inference: one matmul three times as wide (the weights concatenated), one move to the attention
+            # layout for all three; q, k, v are strided views of it (the kernels take any last-dim-contiguous strides)
+            fused = attn.to_attention(F.linear(x, torch.cat([self.q.weight, self.k.weight, self.v.weight])))
+            q, k, v = fused.view(rows, length, 3, self.num_heads, self.d_kv).permute(2, 0, 3, 1, 4).unbind(0)
         out, probabilities = ATTENTION_IMPLEMENTATIONS[attn.backend].attend(q, k, v, attn)
         if attn.attentions is not None:
             attn.attentions.append(probabilities)

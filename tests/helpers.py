@@ -145,6 +145,12 @@ class Block(importlib.abc.MetaPathFinder):
             raise ImportError("blocked: " + name)
 sys.meta_path.insert(0, Block())
 sys.path = [p for p in sys.path if p not in ("", ".")]
+for name in ("fastankh", "tasks"):  # the script below must not reach them, or it proves nothing
+    try:
+        __import__(name)
+        raise SystemExit(name + " should not be importable here")
+    except ImportError:
+        pass
 """
 
 

@@ -102,6 +102,36 @@ def test_auto_is_flex_on_cuda_and_sdpa_elsewhere_without_a_warning():
         assert resolve_backend("auto", torch.device("cuda"), training=True) == "flex"
 
 
+def test_cpu_inference_on_padded_batches_attends_per_sequence():
+    """sdpa_varlen where it is exact and cheaper: CPU, no autograd, padding present, each row's tokens in one run."""
+    cpu = torch.device("cpu")
+    padded = torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool)
+    with torch.no_grad():
+        assert resolve_backend("sdpa", cpu, training=False, key_mask=padded) == "sdpa_varlen"
+        assert resolve_backend("auto", cpu, training=False, key_mask=padded) == "sdpa_varlen"
+        assert resolve_backend("sdpa", cpu, training=False, key_mask=torch.ones(2, 3, dtype=torch.bool)) == "sdpa"
+        holes = torch.tensor([[1, 0, 1], [1, 1, 0]], dtype=torch.bool)  # distances need the padded row
+        assert resolve_backend("sdpa", cpu, training=False, key_mask=holes) == "sdpa"
+        assert resolve_backend("sdpa", torch.device("cuda"), training=False, key_mask=padded) == "sdpa"
+        assert resolve_backend("sdpa", cpu, training=True, key_mask=padded) == "sdpa"
+    assert resolve_backend("sdpa", cpu, training=False, key_mask=padded) == "sdpa"  # autograd on: the padded kernel
+
+
+def test_per_sequence_attention_equals_the_padded_batch_in_fp32():
+    """Left and right padding, a one-token row, lengths past max_distance: the per-sequence path against the
+    padded sdpa of the same model (autograd on), every hidden state."""
+    model = tiny()
+    ids, mask = random_batch([140, 1, 37, 90])
+    mask[2] = mask[2].roll(50)  # a left-padded row: its tokens still one run
+    ids[2] = ids[2].roll(50)
+    with torch.no_grad():
+        fast = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    with torch.enable_grad():
+        padded = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    for a, b in zip(fast, padded):
+        assert ((a - b.detach()).abs().max() / b.abs().max()).item() <= 2e-6
+
+
 @pytest.mark.parametrize("cls", [FastAnkhModel, FastAnkhForMaskedLM, FastAnkhForSequenceClassification])
 def test_return_dict_false_gives_the_tuple_of_the_set_fields(cls):
     model = cls(FastAnkhConfig.from_preset("ankh_tiny", num_layers=1, num_labels=2, attn_backend="eager")).eval()
