@@ -308,6 +308,7 @@ def resolve_backend(
         and device.type == "cpu"
         and key_mask is not None
         and not bool(key_mask.all())
+        and bool(key_mask.any())
         and _one_run_per_row(key_mask)
     ):
         backend = "sdpa_varlen"
