@@ -25,6 +25,7 @@ This file travels to the Hub as remote code: it imports only torch and its sibli
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -389,10 +390,7 @@ def _attention_inputs(
     tokens = b * length if token_index is None else token_index.numel()
     if backend == "sdpa_varlen":
         lengths = key_mask.sum(1).tolist()
-        starts = [0]
-        for n in lengths[:-1]:
-            starts.append(starts[-1] + n)
-        segments = [(start, n) for start, n in zip(starts, lengths) if n]
+        segments = [(end - n, n) for end, n in zip(itertools.accumulate(lengths), lengths) if n]
         bias = position_bias.dense(max(lengths), device).to(dtype)  # (1, H, L, L)
         return AttentionInputs(backend, b, length, 1, tokens, tokens, token_index, mask=bias, segments=segments)
     if not ATTENTION_IMPLEMENTATIONS[backend].packed:

@@ -74,11 +74,7 @@ def packed(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     if not tensors:
         return []
     block = torch.cat([t.reshape(-1) for t in tensors])
-    out, start = [], 0
-    for t in tensors:
-        out.append(block[start : start + t.numel()].view(t.shape))
-        start += t.numel()
-    return out
+    return [part.view(t.shape) for part, t in zip(block.split([t.numel() for t in tensors]), tensors)]
 
 
 class MemoryStore:
