@@ -7,7 +7,9 @@ a plain transformers T5EncoderModel loop (fp32 and bf16 weights) on the same ran
 The target: MFU >= 55% of the bf16 matmul ceiling, >= 6x the transformers fp32 loop, >= 2x its bf16 loop.
 Everything runs in one process, interleaved round by round (ceiling, FastANKH, transformers bf16, transformers
 fp32), so a busy machine slows every column alike; times are medians over the rounds, the ceiling is the best
-(a plain large square bf16 matmul: what the cores can do, measured next to the model in every round).
+(bf16_ceiling: the faster of a large square bf16 matmul and one of the model's FFN shape, measured next to the
+model in every round). `--breakdown` adds one profiled FastANKH run: time and FLOP/s of its matmuls, attention and
+the rest (what keeps MFU from the ceiling).
 Model FLOPs are bench/backbone.py's `model_flops` (real tokens only: projections, FFN, QK^T and AV). MFU/round:
 the median over rounds of each round's rate against that round's own ceiling (on a shared machine the load moves
 both together; the headline MFU divides the median time by the best ceiling, the stricter figure).
@@ -26,7 +28,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from backbone import model_flops  # noqa: E402
+from backbone import matmul_rate, model_flops  # noqa: E402
 
 RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
 
@@ -48,8 +50,9 @@ def random_sequences(count: int, low: int, high: int, seed: int) -> list[str]:
     return ["".join(RESIDUES[i] for i in torch.randint(0, 20, (n,), generator=g).tolist()) for n in lengths]
 
 
-def square_bf16_rate(size: int = 4096, repeats: int = 5) -> float:
-    """FLOP/s of the best of `repeats` (size x size) @ (size x size) bf16 matmuls."""
+def bf16_ceiling(preset: str, threads: int, size: int = 4096, repeats: int = 5) -> float:
+    """What the cores can do: FLOP/s of the best bf16 matmul, a large (size x size) square one or one of the
+    preset's FFN shape (bench/backbone.py's matmul_rate), whichever is faster here (on an AMX Xeon the FFN shape)."""
     a = torch.randn(size, size, dtype=torch.bfloat16)
     b = torch.randn(size, size, dtype=torch.bfloat16)
     a @ b  # warm-up
@@ -58,7 +61,46 @@ def square_bf16_rate(size: int = 4096, repeats: int = 5) -> float:
         t = time.perf_counter()
         a @ b
         best = min(best, time.perf_counter() - t)
-    return 2 * size**3 / best
+    return max(2 * size**3 / best, matmul_rate(preset, "bf16", "cpu", threads))
+
+
+# Kernels of a profiled FastANKH forward by what they compute (torch.profiler event names).
+KERNEL_GROUPS = {
+    "mkldnn::_linear_pointwise": "FFN gate matmuls + activation epilogue",
+    "aten::mm": "other matmuls (qkv, o, wo)",
+    "aten::addmm": "other matmuls (qkv, o, wo)",
+    "aten::_scaled_dot_product_flash_attention_for_cpu": "attention (sdpa flash, per sequence)",
+}
+
+
+def time_breakdown(run, tokens: list[int], layers: int, preset: str) -> dict[str, dict[str, float]]:
+    """Seconds, share of the profiled time and FLOP/s of each KERNEL_GROUPS group in one profiled `run()` (the
+    rest: norms, residual adds, copies, Python); FLOPs as model_flops counts them, per group."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from fastankh import PRESETS
+
+    p = PRESETS[preset]
+    d, inner, d_ff = p["d_model"], p["num_heads"] * p["d_kv"], p["d_ff"]
+    flops = {
+        KERNEL_GROUPS["mkldnn::_linear_pointwise"]: 2 * sum(tokens) * 2 * d * d_ff * layers,
+        KERNEL_GROUPS["aten::mm"]: 2 * sum(tokens) * (4 * d * inner + d * d_ff) * layers,
+        KERNEL_GROUPS["aten::_scaled_dot_product_flash_attention_for_cpu"]: model_flops(tokens, layers, preset, "x")
+        - 2 * sum(tokens) * (4 * d * inner + 3 * d * d_ff) * layers,
+    }
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t = time.perf_counter()
+        run()
+        total = time.perf_counter() - t
+    seconds = {group: 0.0 for group in flops}
+    for event in prof.key_averages():
+        if event.key in KERNEL_GROUPS:  # self time: the op's wall time on the calling thread
+            seconds[KERNEL_GROUPS[event.key]] += event.self_cpu_time_total / 1e6
+    seconds["the rest"] = total - sum(seconds.values())
+    return {
+        group: dict(seconds=s, share=s / total, tflops=flops[group] / s / 1e12 if group in flops else 0.0)
+        for group, s in seconds.items()
+    }
 
 
 def transformers_model(fast, dtype: torch.dtype):
@@ -116,6 +158,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3, help="interleaved rounds; medians are reported")
     parser.add_argument("--fp32-reps", type=int, default=None, help="rounds that also run transformers fp32")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--breakdown", action="store_true", help="also profile one FastANKH run (time by kernel)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
 
@@ -144,7 +187,7 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in runs}
     ceilings, outputs = [], {}
     for rep in range(args.reps):
-        ceilings.append(square_bf16_rate())
+        ceilings.append(bf16_ceiling(args.preset, args.threads))
         for name, run in runs.items():
             if name == "transformers fp32" and rep >= fp32_reps:
                 continue
@@ -206,6 +249,14 @@ def main() -> None:
         f"{f['x_transformers_bf16']:.2f}x transformers bf16 (goal >= 2x), MFU {f['mfu']:.1%} (goal >= 55%); "
         f"min cosine to transformers fp32 {cosine:.5f}"
     )
+    if args.breakdown:
+        breakdown = time_breakdown(runs["fastankh auto"], tokens, args.layers, args.preset)
+        result["fastankh_auto_breakdown"] = breakdown
+        print(f"one profiled fastankh auto run (ceiling {ceiling / 1e12:.3f} TFLOP/s):")
+        for group, b in breakdown.items():
+            share = b["tflops"] * 1e12 / ceiling
+            rate = f"{b['tflops']:.3f} TFLOP/s ({share:.0%} of the ceiling)" if b["tflops"] else ""
+            print(f"  {group:40s} {b['seconds']:6.3f} s {b['share']:6.1%}  {rate}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(result, fh, indent=1)
