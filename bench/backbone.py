@@ -46,14 +46,24 @@ IMPLS = ("transformers-sdpa", "fastankh-sdpa", "fastankh-flex")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def model_flops(lengths: list[int], layers: int, preset: str, mode: str) -> float:
-    """Useful FLOPs of one step on these sequences: projections and FFN per real token, QK^T and AV per pair."""
+def forward_flops(lengths: list[int], layers: int, preset: str) -> dict[str, float]:
+    """Useful FLOPs of one forward on these sequences, by part: the FFN's gate and up matmuls ("ffn_gate"), the
+    other projections (q, k, v, o, FFN out: "projections"), per real token; QK^T and AV per pair ("attention")."""
     from fastankh import PRESETS
 
     p = PRESETS[preset]
     d, inner, d_ff = p["d_model"], p["num_heads"] * p["d_kv"], p["d_ff"]
-    per_layer = 2 * sum(lengths) * (4 * d * inner + 3 * d * d_ff) + 4 * inner * sum(n * n for n in lengths)
-    return layers * per_layer * (3 if mode == "train" else 1)
+    tokens = sum(lengths)
+    return {
+        "ffn_gate": layers * 2 * tokens * 2 * d * d_ff,
+        "projections": layers * 2 * tokens * (4 * d * inner + d * d_ff),
+        "attention": layers * 4 * inner * sum(n * n for n in lengths),
+    }
+
+
+def model_flops(lengths: list[int], layers: int, preset: str, mode: str) -> float:
+    """Useful FLOPs of one step on these sequences (forward_flops; a training step counts 3x the forward)."""
+    return sum(forward_flops(lengths, layers, preset).values()) * (3 if mode == "train" else 1)
 
 
 def matmul_rate(preset: str, dtype: str, device: str, threads: int) -> float:

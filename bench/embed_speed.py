@@ -28,7 +28,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from backbone import matmul_rate, model_flops  # noqa: E402
+from backbone import forward_flops, matmul_rate, model_flops  # noqa: E402
 
 RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
 
@@ -64,38 +64,30 @@ def bf16_ceiling(preset: str, threads: int, size: int = 4096, repeats: int = 5) 
     return max(2 * size**3 / best, matmul_rate(preset, "bf16", "cpu", threads))
 
 
-# Kernels of a profiled FastANKH forward by what they compute (torch.profiler event names).
+# Kernels of a profiled FastANKH forward (torch.profiler event names) -> (group, forward_flops part).
 KERNEL_GROUPS = {
-    "mkldnn::_linear_pointwise": "FFN gate matmuls + activation epilogue",
-    "aten::mm": "other matmuls (qkv, o, wo)",
-    "aten::addmm": "other matmuls (qkv, o, wo)",
-    "aten::_scaled_dot_product_flash_attention_for_cpu": "attention (sdpa flash, per sequence)",
+    "mkldnn::_linear_pointwise": ("FFN gate matmuls + activation epilogue", "ffn_gate"),
+    "aten::mm": ("other matmuls (qkv, o, wo)", "projections"),
+    "aten::addmm": ("other matmuls (qkv, o, wo)", "projections"),
+    "aten::_scaled_dot_product_flash_attention_for_cpu": ("attention (sdpa flash, per sequence)", "attention"),
 }
 
 
 def time_breakdown(run, tokens: list[int], layers: int, preset: str) -> dict[str, dict[str, float]]:
     """Seconds, share of the profiled time and FLOP/s of each KERNEL_GROUPS group in one profiled `run()` (the
-    rest: norms, residual adds, copies, Python); FLOPs as model_flops counts them, per group."""
+    rest: norms, residual adds, copies, Python); FLOPs per group as bench/backbone.py's forward_flops counts them."""
     from torch.profiler import ProfilerActivity, profile
 
-    from fastankh import PRESETS
-
-    p = PRESETS[preset]
-    d, inner, d_ff = p["d_model"], p["num_heads"] * p["d_kv"], p["d_ff"]
-    flops = {
-        KERNEL_GROUPS["mkldnn::_linear_pointwise"]: 2 * sum(tokens) * 2 * d * d_ff * layers,
-        KERNEL_GROUPS["aten::mm"]: 2 * sum(tokens) * (4 * d * inner + d * d_ff) * layers,
-        KERNEL_GROUPS["aten::_scaled_dot_product_flash_attention_for_cpu"]: model_flops(tokens, layers, preset, "x")
-        - 2 * sum(tokens) * (4 * d * inner + 3 * d * d_ff) * layers,
-    }
+    parts = forward_flops(tokens, layers, preset)
+    flops = {group: parts[part] for group, part in KERNEL_GROUPS.values()}
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         t = time.perf_counter()
         run()
         total = time.perf_counter() - t
-    seconds = {group: 0.0 for group in flops}
+    seconds = dict.fromkeys(flops, 0.0)
     for event in prof.key_averages():
         if event.key in KERNEL_GROUPS:  # self time: the op's wall time on the calling thread
-            seconds[KERNEL_GROUPS[event.key]] += event.self_cpu_time_total / 1e6
+            seconds[KERNEL_GROUPS[event.key][0]] += event.self_cpu_time_total / 1e6
     seconds["the rest"] = total - sum(seconds.values())
     return {
         group: dict(seconds=s, share=s / total, tflops=flops[group] / s / 1e12 if group in flops else 0.0)
